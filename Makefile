@@ -1,0 +1,34 @@
+# The two commands a newcomer needs: `make run` (the pipeline) and `make test` (the tests).
+# Both create the virtual environment from requirements.lock first if it is missing.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Default: fast tests. CI passes MARKERS="not gpu and not jax" to run everything else too.
+MARKERS ?= not slow and not e2e and not gpu and not jax
+PYTEST_ARGS ?=
+
+.PHONY: run test venv lint clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $@
+
+run: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" dvc repro
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "$(MARKERS)" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline tests
+	$(BIN)/ruff format --check pipeline tests
+
+clean-venv:
+	rm -rf $(VENV)

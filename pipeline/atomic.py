@@ -1,0 +1,62 @@
+"""Atomic writes: a reader (or a resumed run) sees the old file or the new one, never half."""
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def _default_mode(directory: bool) -> int:
+    # mkstemp/mkdtemp create 0600/0700; give results the permissions a plain open() would.
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
+def write_with(path: Path, writer: Callable[[Path], None]) -> None:
+    """Call ``writer(tmp)`` on a temp file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        writer(Path(tmp))
+        os.chmod(tmp, _default_mode(directory=False))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    write_with(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def temp_dir_beside(final: Path) -> Path:
+    """A fresh empty directory next to ``final``, to be moved into place by ``replace_dir``."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    os.chmod(tmp, _default_mode(directory=True))
+    return tmp
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move the finished directory ``tmp`` to ``final``, replacing what was there."""
+    final = Path(final)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

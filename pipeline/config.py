@@ -1,0 +1,172 @@
+"""params.yaml: a typed, strict schema, validated before any stage does work.
+
+An unknown key, a wrong type or an out-of-range value raises ``ConfigError`` with one line
+naming the file, the key, what was given and what was expected (the CLI exits with 2).
+"""
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline import paths
+from pipeline.errors import ConfigError
+
+DatasetName = Literal["fashion_mnist", "mnist", "cifar10", "digits", "image_folder"]
+
+
+class _Section(BaseModel):
+    # strict: YAML already gives typed values, so "10" for an int is a typo, not a number.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataParams(_Section):
+    """The download stage: which dataset and where to find it."""
+
+    dataset: DatasetName = Field("fashion_mnist", description="dataset to fetch")
+    mirror_dir: str | None = Field(
+        None, description="local directory holding the dataset's files; checked first"
+    )
+    mirror_url: str | None = Field(
+        None,
+        description="base URL of an HTTP mirror with the dataset's files; before the canonical URL",
+    )
+    image_folder: str | None = Field(
+        None, description="for dataset image_folder: directory with one sub-folder per class"
+    )
+    timeout_s: float = Field(60.0, gt=0, description="network timeout per request, seconds")
+    retries: int = Field(3, ge=0, le=10, description="retries of a failed download")
+
+    @model_validator(mode="after")
+    def _folder_needed(self):
+        if self.dataset == "image_folder" and not self.image_folder:
+            raise ValueError("image_folder: required when dataset is image_folder")
+        return self
+
+
+class PreprocessParams(_Section):
+    """The preprocess stage: decoding, resizing and the splits."""
+
+    val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="share of the training set held out for validation"
+    )
+    test_fraction: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="digits, image_folder (no official test split): share held out for test",
+    )
+    seed: int = Field(42, ge=0, description="seed of the stratified splits")
+    image_size: tuple[int, int] | None = Field(
+        None, description="[height, width] to resize to; null keeps the source size"
+    )
+    color_mode: Literal["auto", "grayscale", "rgb"] = Field(
+        "auto",
+        description="auto keeps the channels; image folders become rgb if any image has colour",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _size_list(cls, data: Any):
+        # YAML has no tuples: accept [h, w] and check both are >= 8 (the families' minimum).
+        if isinstance(data, dict) and isinstance(data.get("image_size"), list):
+            size = data["image_size"]
+            if len(size) != 2 or not all(isinstance(v, int) and 8 <= v <= 1024 for v in size):
+                raise ValueError(
+                    f"image_size: got {size!r}, expected [height, width] with integers 8..1024"
+                )
+            data = {**data, "image_size": tuple(size)}
+        return data
+
+
+class TuneParams(_Section):
+    """The tune stage (search space choice and model-size limit so far)."""
+
+    search_space: str = Field(
+        "search_spaces/default.yaml", description="search-space YAML file to use"
+    )
+    max_params: int | None = Field(
+        None, gt=0, description="models with more parameters fail before training"
+    )
+    seed: int = Field(42, ge=0, description="seed of the search")
+
+
+class Params(_Section):
+    """The whole params.yaml."""
+
+    data: DataParams = DataParams()
+    preprocess: PreprocessParams = PreprocessParams()
+    tune: TuneParams = TuneParams()
+
+
+SECTIONS = {name: field.annotation for name, field in Params.model_fields.items()}
+
+
+def load_params(path: str | Path = paths.PARAMS) -> Params:
+    """Read and validate params.yaml; raise ConfigError with one line on any problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: not found; run from the project root or pass --params"
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(
+            f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})"
+        ) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {describe_error(exc, Params)}") from None
+
+
+def describe_error(exc: ValidationError, model: type[BaseModel]) -> str:
+    """Turn pydantic's first error into 'key: got X, expected Y' (+ a count of the others)."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union"))]
+    key = ".".join(loc)
+    given = err.get("input")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        known = _known_keys(model, loc[:-1])
+        hint = difflib.get_close_matches(loc[-1], known, n=1)
+        msg = f"{key}: unknown key"
+        msg += f" (did you mean {hint[0]!r}?)" if hint else ""
+        msg += f"; expected one of: {', '.join(known)}"
+    elif kind == "value_error":
+        # Raised by our own validators, whose message already names the key.
+        text = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
+        prefix = ".".join(loc)
+        msg = f"{prefix}.{text}" if prefix else text
+    else:
+        expected = err["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
+        msg = f"{key}: got {given!r}, expected {expected}"
+    more = len(exc.errors()) - 1
+    return msg + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+
+
+def _known_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None or not isinstance(field.annotation, type):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def describe_section(name: str) -> list[str]:
+    """Lines '  section.key = default: meaning' for the CLI help; ``name`` may be one key."""
+    section, _, only = name.partition(".")
+    fields = SECTIONS[section].model_fields
+    return [
+        f"  {section}.{key} = {field.default!r}: {field.description}"
+        for key, field in fields.items()
+        if not only or key == only
+    ]

@@ -1,0 +1,26 @@
+"""Every path the pipeline reads or writes, relative to the project root (DVC's cwd)."""
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+DATA = Path("data")
+RAW = DATA / "raw"
+PROCESSED = DATA / "processed"
+REPORTS = Path("reports")
+DATA_VALIDATION = REPORTS / "data_validation.json"
+MODELS = Path("models")
+SEARCH_SPACES = Path("search_spaces")
+
+CHECKSUMS_FILE = "checksums.json"
+META_FILE = "meta.json"
+SPLITS = ("train", "val", "test")
+
+
+def raw_dir(dataset: str) -> Path:
+    """Where the download stage puts ``dataset``'s files."""
+    return RAW / dataset
+
+
+def split_file(split: str, processed: Path = PROCESSED) -> Path:
+    """The ``.npz`` of one split."""
+    return processed / f"{split}.npz"

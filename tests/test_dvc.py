@@ -1,0 +1,79 @@
+"""The real `dvc` CLI runs the download and preprocess stages in a fresh git repo."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import load_params
+from tests.conftest import ROOT
+
+BIN = Path(sys.executable).parent
+
+
+def _run(cmd, cwd, **kw):
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, **kw)
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A copy of the project (code, dvc.yaml, params.yaml) in a new git + DVC repo."""
+    if not shutil.which("dvc", path=str(BIN)):
+        pytest.skip("dvc is not installed in this environment")
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in ("pipeline", "search_spaces"):
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy(ROOT / name, root / name)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["dataset"] = "digits"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        assert _run(cmd, root).returncode == 0
+    return root
+
+
+def test_dvc_repro_download_preprocess_on_digits(repo):
+    first = _run(["dvc", "repro", "download", "preprocess"], repo)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "Running stage 'download'" in first.stdout
+    assert "Running stage 'preprocess'" in first.stdout
+    assert (repo / "data/raw/digits/checksums.json").is_file()
+    with open(repo / "data/processed/meta.json") as fh:
+        assert json.load(fh)["dataset"] == "digits"
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"download", "preprocess"}
+    assert set(lock["stages"]["preprocess"]["params"]["params.yaml"]) == {
+        "data.dataset",
+        "preprocess",
+    }
+
+    again = _run(["dvc", "repro", "download", "preprocess"], repo)
+    assert again.returncode == 0
+    assert "Running stage" not in again.stdout  # nothing changed, nothing runs
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["preprocess"]["seed"] = 7
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert load_params(repo / "params.yaml").preprocess.seed == 7
+    third = _run(["dvc", "repro", "download", "preprocess"], repo)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert "Running stage 'download'" not in third.stdout
+    assert "Running stage 'preprocess'" in third.stdout
+
+
+def test_dvc_repro_stops_on_a_params_typo(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["preprocess"]["val_fracton"] = 0.2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = _run(["dvc", "repro", "download"], repo)
+    assert result.returncode != 0
+    assert "preprocess.val_fracton: unknown key" in result.stdout + result.stderr
+    assert not (repo / "data/raw/digits").exists()

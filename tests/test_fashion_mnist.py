@@ -1,0 +1,38 @@
+"""The real Fashion-MNIST from the Debian package, through the real stages (slow)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.data.catalog import DEBIAN_FASHION_MNIST
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.skipif(
+    not DEBIAN_FASHION_MNIST.is_dir(),
+    reason="needs the Debian package: apt-get install dataset-fashion-mnist",
+)
+def test_default_params_give_the_official_splits(project):
+    project.params()  # all defaults: fashion_mnist, val_fraction 0.1
+    download = run_cli("download", cwd=project.path)
+    assert download.returncode == 0, download.stderr
+    assert f"copied from {DEBIAN_FASHION_MNIST}" in download.stderr
+    result = run_cli("preprocess", cwd=project.path)
+    assert result.returncode == 0, result.stderr
+
+    processed = project.path / "data" / "processed"
+    labels = {}
+    for split in ("train", "val", "test"):
+        with np.load(processed / f"{split}.npz", allow_pickle=False) as f:
+            assert f["x"].shape[1:] == (28, 28, 1) and f["x"].dtype == np.float32
+            labels[split] = f["y"]
+    assert [len(labels[s]) for s in ("train", "val", "test")] == [54000, 6000, 10000]
+    train_val = np.bincount(np.concatenate([labels["train"], labels["val"]]))
+    assert train_val.tolist() == [6000] * 10
+    assert np.bincount(labels["test"]).tolist() == [1000] * 10
+    assert np.bincount(labels["val"]).tolist() == [600] * 10  # stratified
+    meta = json.loads((processed / "meta.json").read_text())
+    assert meta["class_names"][0] == "T-shirt/top" and meta["class_names"][9] == "Ankle boot"

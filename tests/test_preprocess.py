@@ -1,0 +1,190 @@
+"""Decoding, splits, data validation and the preprocess stage's outputs."""
+
+import json
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline.config import PreprocessParams
+from pipeline.data import prepare
+from pipeline.data.decode import decode_cifar10, read_idx
+from pipeline.data.images import decode_folder
+from pipeline.errors import DataError
+from tests.conftest import run_cli, save_image, write_idx
+
+
+def test_idx_round_trip_gz_and_plain(tmp_path):
+    arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    np.testing.assert_array_equal(read_idx(write_idx(tmp_path / "a.gz", arr)), arr)
+    np.testing.assert_array_equal(read_idx(write_idx(tmp_path / "a.idx", arr, gz=False)), arr)
+
+
+def test_truncated_or_foreign_idx_is_a_clear_error(tmp_path):
+    path = write_idx(tmp_path / "a.idx", np.zeros((4, 5, 5)), gz=False)
+    path.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(DataError, match="IDX header says"):
+        read_idx(path)
+    (tmp_path / "b.idx").write_bytes(b"PK\x03\x04whatever")
+    with pytest.raises(DataError, match="bad magic"):
+        read_idx(tmp_path / "b.idx")
+
+
+def _cifar_batch(path, n, seed):
+    rng = np.random.default_rng(seed)
+    batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+             b"labels": [int(v) for v in np.arange(n) % 10]}  # fmt: skip
+    path.write_bytes(pickle.dumps(batch))
+    return batch
+
+
+def test_cifar_batches_decode_channels_last(tmp_path):
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    first = _cifar_batch(base / "data_batch_1", 20, 1)
+    for i in range(2, 6):
+        _cifar_batch(base / f"data_batch_{i}", 20, i)
+    _cifar_batch(base / "test_batch", 10, 9)
+    decoded = decode_cifar10(tmp_path)
+    assert decoded.x.shape == (100, 32, 32, 3) and decoded.x_test.shape == (10, 32, 32, 3)
+    # pixel (row 0, col 1) of image 0: red at 1, green at 1024 + 1, blue at 2048 + 1
+    red, green, blue = (first[b"data"][0][k * 1024 + 1] for k in range(3))
+    assert tuple(decoded.x[0, 0, 1]) == (red, green, blue)
+
+
+def test_cifar_batch_that_would_run_code_is_refused(tmp_path):
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch pwned",))
+
+    (base / "data_batch_1").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(DataError, match="refusing to load"):
+        decode_cifar10(tmp_path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_image_folder_skips_and_lists_corrupt_files_and_converts(image_folder):
+    decoded = decode_folder(image_folder, None, "auto", log=lambda m: None)
+    assert decoded.class_names == ["bird", "cat", "dog"]
+    assert [s["path"] for s in decoded.skipped] == ["cat/broken.png", "dog/truncated.jpg"]
+    assert all(s["reason"] for s in decoded.skipped)
+    # cat is RGB, so auto picks rgb; the most common size (24x24) wins
+    assert decoded.x.shape == (30, 24, 24, 3) and decoded.x.dtype == np.uint8
+    assert decoded.conversions["resized"] == 12  # 4 of every 10 per class were 30x18
+    assert decoded.conversions["mode_converted"] > 0
+    assert np.bincount(decoded.y).tolist() == [10, 10, 10]
+
+
+def test_image_folder_explicit_size_and_grayscale(image_folder):
+    decoded = decode_folder(image_folder, (16, 12), "grayscale", log=lambda m: None)
+    assert decoded.x.shape == (30, 16, 12, 1)
+
+
+def test_empty_class_and_single_class_are_clear_errors(image_folder, tmp_path):
+    (image_folder / "fish").mkdir()
+    with pytest.raises(DataError, match="no images: fish"):
+        decode_folder(image_folder, None, "auto")
+    only = tmp_path / "only"
+    (only / "a").mkdir(parents=True)
+    save_image(only / "a" / "x.png")
+    with pytest.raises(DataError, match="need at least 2"):
+        decode_folder(only, None, "auto")
+
+
+def test_split_is_stratified_seeded_and_keeps_the_official_test_set():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), [100, 100, 50, 50])
+    x = rng.integers(0, 256, (300, 8, 8, 1), dtype=np.uint8)
+    decoded = prepare.Decoded(x, y, list("abcd"), x[:12], y[:12])
+    params = PreprocessParams(val_fraction=0.2, seed=3)
+    splits = prepare.split(decoded, params)
+    assert np.bincount(splits["val"][1]).tolist() == [20, 20, 10, 10]
+    assert splits["test"][0] is decoded.x_test
+    again = prepare.split(decoded, params)
+    np.testing.assert_array_equal(again["val"][0], splits["val"][0])
+
+
+def test_validation_counts_leakage_and_imbalance():
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (60, 8, 8, 1), dtype=np.uint8)
+    y = np.array([0] * 45 + [1] * 15)
+    x_test = np.concatenate([x[:3], rng.integers(0, 256, (7, 8, 8, 1), dtype=np.uint8)])
+    decoded = prepare.Decoded(x, y, ["a", "b"], x_test, np.zeros(10, dtype=np.int64))
+    splits = prepare.split(decoded, PreprocessParams(val_fraction=0.2))
+    report = prepare.validate(decoded, splits)
+    dup = report["duplicates"]
+    assert dup["train_test"] + dup["val_test"] == 3
+    assert report["class_balance"]["imbalanced"] is True
+    assert any("leakage" in w for w in report["warnings"])
+
+
+def test_stage_on_digits_writes_loadable_splits_meta_and_report(project):
+    project.params(data={"dataset": "digits"})
+    assert run_cli("download", cwd=project.path).returncode == 0
+    result = run_cli("preprocess", cwd=project.path)
+    assert result.returncode == 0, result.stderr
+    assert "train 1455, val 162, test 180" in result.stderr
+    processed = project.path / "data" / "processed"
+    totals = 0
+    for split in ("train", "val", "test"):
+        with np.load(processed / f"{split}.npz", allow_pickle=False) as f:
+            x, y = f["x"], f["y"]
+        assert x.dtype == np.float32 and x.shape[1:] == (8, 8, 1)
+        assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.9
+        assert y.dtype == np.int64 and len(y) == len(x)
+        totals += len(y)
+    assert totals == 1797
+    meta = json.loads((processed / "meta.json").read_text())
+    assert meta["input_shape"] == [8, 8, 1] and meta["num_classes"] == 10
+    assert sum(meta["counts"]["val"].values()) == 162
+    assert meta["source_checksums"]  # ties the processed data to the raw files
+    report = json.loads((project.path / "reports" / "data_validation.json").read_text())
+    assert report["images"] == {"train": 1455, "val": 162, "test": 180}
+
+
+def test_stage_on_image_folder_reports_skipped_files(project, image_folder):
+    project.params(
+        data={"dataset": "image_folder", "image_folder": str(image_folder)},
+        preprocess={"test_fraction": 0.2, "val_fraction": 0.25, "image_size": [16, 16]},
+    )
+    assert run_cli("download", cwd=project.path).returncode == 0
+    result = run_cli("preprocess", cwd=project.path)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "2 skipped" in result.stderr and "warning: 2 file(s) could not be decoded" in result.stderr
+    )
+    report = json.loads((project.path / "reports" / "data_validation.json").read_text())
+    assert {s["path"] for s in report["skipped"]} == {"cat/broken.png", "dog/truncated.jpg"}
+    assert report["images"] == {"train": 18, "val": 6, "test": 6}
+    meta = json.loads((project.path / "data/processed/meta.json").read_text())
+    assert meta["input_shape"] == [16, 16, 3]
+
+
+def test_preprocess_without_download_says_what_to_run(project):
+    project.params(data={"dataset": "digits"})
+    result = run_cli("preprocess", cwd=project.path)
+    assert result.returncode == 1
+    assert "run `python -m pipeline download`" in result.stderr
+
+
+def test_failed_preprocess_keeps_previous_outputs(project, image_folder):
+    project.params(data={"dataset": "digits"})
+    assert run_cli("download", cwd=project.path).returncode == 0
+    assert run_cli("preprocess", cwd=project.path).returncode == 0
+    meta_before = (project.path / "data/processed/meta.json").read_text()
+    # a stratified test split of 5 per class at 0.9 is impossible for the 1-image class
+    raw = project.path / "data/raw/image_folder"
+    shutil.copytree(image_folder, raw)
+    (raw / "checksums.json").write_text(json.dumps({"dataset": "image_folder", "files": {}}))
+    for p in list((raw / "bird").iterdir())[1:]:
+        p.unlink()
+    project.params(data={"dataset": "image_folder", "image_folder": str(image_folder)})
+    result = run_cli("preprocess", cwd=project.path)
+    assert result.returncode == 1 and "stratified" in result.stderr
+    assert (project.path / "data/processed/meta.json").read_text() == meta_before
+    assert sorted(p.name for p in (project.path / "data").iterdir()) == ["processed", "raw"]
