@@ -1,0 +1,1 @@
+"""Datasets: catalogue, fetching, decoding and preparation."""
