@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 MARKERS ?= not slow and not e2e and not gpu and not jax
 PYTEST_ARGS ?=
 
-.PHONY: run test venv lint clean-venv
+.PHONY: run test test-jax venv lint clean-venv
 
 venv: $(STAMP)
 
@@ -25,6 +25,18 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "$(MARKERS)" $(PYTEST_ARGS)
+
+# The families and the HyperModel under KERAS_BACKEND=jax (the lent GPU machines' backend),
+# in a second environment that has JAX and no TensorFlow.
+JAX_VENV ?= .venv-jax
+$(JAX_VENV)/.installed: requirements-jax.lock
+	@test -x $(JAX_VENV)/bin/python || $(PYTHON) -m venv $(JAX_VENV)
+	$(JAX_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(JAX_VENV)/bin/python -m pip install --quiet -r requirements-jax.lock
+	@touch $@
+
+test-jax: $(JAX_VENV)/.installed
+	$(JAX_VENV)/bin/python -m pytest -m jax $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests

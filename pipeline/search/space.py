@@ -1,0 +1,452 @@
+"""The search-space YAML: a strict schema, its loader, and plain-value views of it."""
+
+from __future__ import annotations
+
+import math
+import re
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from pipeline.errors import ConfigError
+from pipeline.families import FAMILY_NAMES
+
+HP_TYPES = ("int", "float", "choice", "boolean")
+OPTIMIZERS = ("sgd", "adagrad", "adam", "rmsprop", "adamw")
+LR_SCHEDULES = ("constant", "cosine")
+AUGMENTATIONS = (
+    "random_flip",
+    "random_translation",
+    "random_rotation",
+    "random_zoom",
+    "random_contrast",
+)
+FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
+
+# The names each builder reads from its values mapping (the contract in pipeline/families).
+FAMILY_HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
+    "mlp": ("num_layers", "units", "activation", "batch_norm"),
+    "simple_cnn": ("num_blocks", "filters", "kernel_size", "dense_units", "batch_norm"),
+    "lenet": ("activation", "pooling", "dense_units"),
+    "alexnet": ("base_filters", "dense_units"),
+    "vgg": ("num_blocks", "convs_per_block", "base_filters", "head", "dense_units", "batch_norm"),
+    "inception": ("module_type", "num_stages", "modules_per_stage", "base_filters"),
+    "resnet": ("block_type", "num_stages", "blocks_per_stage", "base_filters"),
+    "xception": ("entry_filters", "middle_blocks", "middle_filters"),
+    "densenet": ("num_blocks", "layers_per_block", "growth_rate", "compression"),
+    "mobilenet": ("version", "width_multiplier", "num_stages", "expansion"),
+}
+
+# Common values every builder receives next to its own.
+BUILDER_COMMON = ("dropout", "weight_decay")
+
+Which = Literal["default", "min", "max"]
+
+
+class SpaceError(ValueError):
+    """A validation failure at ``key`` below the model that raised it."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _on_grid(value: float, low: float, step: float) -> bool:
+    steps = (value - low) / step
+    return math.isclose(steps, round(steps), abs_tol=1e-9)
+
+
+class Hyperparameter(BaseModel):
+    """One searchable value: its type, range or choices, and its default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    min: Any = None
+    max: Any = None
+    step: Any = None
+    sampling: str | None = None
+    values: list[Any] | None = None
+    default: Any
+    active_when: dict[str, list[Any]] | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if value not in HP_TYPES:
+            raise SpaceError(f"{value!r} is not one of {', '.join(HP_TYPES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Hyperparameter:
+        used = {
+            "int": {"min", "max", "step"},
+            "float": {"min", "max", "step", "sampling"},
+            "choice": {"values"},
+            "boolean": set(),
+        }[self.type]
+        for key in ("min", "max", "step", "sampling", "values"):
+            if key not in used and getattr(self, key) is not None:
+                raise SpaceError(f"not used by type {self.type}", key)
+        if self.type in ("int", "float"):
+            self._check_range()
+        elif self.type == "choice":
+            self._check_choice()
+        elif not isinstance(self.default, bool):
+            raise SpaceError(f"expected true or false, got {self.default!r}", "default")
+        return self
+
+    def _check_range(self) -> None:
+        is_int = self.type == "int"
+        for key in ("min", "max", "default", "step"):
+            value = getattr(self, key)
+            if value is None and key == "step":
+                continue
+            if not (_is_number(value) and (isinstance(value, int) or not is_int)):
+                kind = "an integer" if is_int else "a number"
+                raise SpaceError(f"expected {kind}, got {value!r}", key)
+            if not is_int:
+                setattr(self, key, float(value))
+        if self.min > self.max:
+            raise SpaceError(f"min {self.min} is greater than max {self.max}", "min")
+        if not self.min <= self.default <= self.max:
+            raise SpaceError(
+                f"default {self.default} is outside [{self.min}, {self.max}]", "default"
+            )
+        if self.sampling is None:
+            self.sampling = "linear"
+        if self.sampling not in ("linear", "log"):
+            raise SpaceError(f"{self.sampling!r} is not one of linear, log", "sampling")
+        if self.sampling == "log":
+            if self.min <= 0:
+                raise SpaceError("log sampling needs min > 0", "min")
+            if self.step is not None:
+                raise SpaceError("step is not used with log sampling", "step")
+        if self.step is not None:
+            if self.step <= 0:
+                raise SpaceError(f"step must be positive, got {self.step}", "step")
+            # An off-grid default would never be sampled again: almost always a typo.
+            if not _on_grid(self.default, self.min, self.step):
+                raise SpaceError(
+                    f"default {self.default} is not min + a multiple of step {self.step}",
+                    "default",
+                )
+        elif is_int:
+            self.step = 1
+
+    def _check_choice(self) -> None:
+        if not self.values:
+            raise SpaceError("a choice needs a non-empty list of values", "values")
+        if all(_is_number(v) for v in self.values) and not all(
+            isinstance(v, int) for v in self.values
+        ):
+            self.values = [float(v) for v in self.values]  # [0.5, 1] means [0.5, 1.0]
+            if _is_number(self.default):
+                self.default = float(self.default)
+        kinds = {type(v) for v in self.values}
+        if len(kinds) > 1 or not kinds <= {str, int, float, bool}:
+            raise SpaceError("values must all be numbers, all text or all booleans", "values")
+        if len(set(self.values)) != len(self.values):
+            raise SpaceError(f"values has duplicates: {self.values}", "values")
+        # The type check keeps `true` from matching the value 1.
+        if self.default not in self.values or type(self.default) not in kinds:
+            raise SpaceError(f"default {self.default!r} is not one of {self.values}", "default")
+
+    def candidates(self) -> list[Any]:
+        """The values a domain check must accept: the range ends, or every choice."""
+        if self.type == "choice":
+            return list(self.values)
+        if self.type == "boolean":
+            return [False, True]
+        return [self.min, self.max]
+
+    def value_at(self, which: Which) -> Any:
+        """The default, or the low (min, first choice, false) or high end of the range."""
+        if which == "default":
+            return self.default
+        return self.candidates()[0 if which == "min" else -1]
+
+
+class _Group(BaseModel):
+    """A set of hyperparameters, one field each; ``active_when`` refers to a sibling."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def specs(self) -> dict[str, Hyperparameter]:
+        """The group's hyperparameters by YAML key."""
+        return {key: getattr(self, key) for key in type(self).model_fields}
+
+    @model_validator(mode="after")
+    def _check_conditions(self) -> _Group:
+        specs = self.specs()
+        for key, spec in specs.items():
+            if spec.active_when is None:
+                continue
+            where = f"{key}.active_when"
+            if len(spec.active_when) != 1:
+                raise SpaceError("name exactly one hyperparameter of this group", where)
+            ((parent, allowed),) = spec.active_when.items()
+            parent_spec = specs.get(parent)
+            if parent_spec is None or parent == key:
+                known = ", ".join(k for k in specs if k != key)
+                raise SpaceError(f"{parent!r} is not a hyperparameter here; known: {known}", where)
+            if parent_spec.type not in ("choice", "boolean") or parent_spec.active_when:
+                raise SpaceError(f"{parent!r} must be an unconditional choice or boolean", where)
+            possible = parent_spec.candidates()
+            if not allowed or any(v not in possible for v in allowed):
+                raise SpaceError(f"values {allowed} must be among {parent}'s {possible}", where)
+        return self
+
+    def _check_domain(self, key: str, accepts: Callable[[Any], bool], expected: str) -> None:
+        for value in getattr(self, key).candidates():
+            if not accepts(value):
+                raise SpaceError(f"{value!r} is outside the allowed {expected}", key)
+
+
+def _fraction(value: Any) -> bool:
+    return _is_number(value) and 0 <= value < 1
+
+
+class CommonSpace(_Group):
+    """Hyperparameters every family shares."""
+
+    dropout: Hyperparameter
+    weight_decay: Hyperparameter
+    augment: Hyperparameter
+    label_smoothing: Hyperparameter
+
+    @model_validator(mode="after")
+    def _domains(self) -> CommonSpace:
+        self._check_domain("dropout", _fraction, "range [0, 1)")
+        self._check_domain("weight_decay", lambda v: _is_number(v) and v >= 0, "range [0, inf)")
+        self._check_domain("augment", lambda v: isinstance(v, bool), "values true, false")
+        self._check_domain("label_smoothing", _fraction, "range [0, 1)")
+        return self
+
+
+class OptimizerSpace(_Group):
+    """The optimizer, its learning rate and schedule, and SGD's own settings."""
+
+    name: Hyperparameter
+    learning_rate: Hyperparameter
+    momentum: Hyperparameter
+    nesterov: Hyperparameter
+    lr_schedule: Hyperparameter
+
+    @model_validator(mode="after")
+    def _domains(self) -> OptimizerSpace:
+        self._check_domain("name", lambda v: v in OPTIMIZERS, f"values {', '.join(OPTIMIZERS)}")
+        self._check_domain("learning_rate", lambda v: _is_number(v) and v > 0, "range (0, inf)")
+        self._check_domain("momentum", _fraction, "range [0, 1)")
+        self._check_domain("nesterov", lambda v: isinstance(v, bool), "values true, false")
+        self._check_domain(
+            "lr_schedule", lambda v: v in LR_SCHEDULES, f"values {', '.join(LR_SCHEDULES)}"
+        )
+        return self
+
+
+def _family_model(name: str) -> type[_Group]:
+    fields: dict[str, Any] = {key: (Hyperparameter, ...) for key in FAMILY_HYPERPARAMETERS[name]}
+    return create_model(f"{name}_space", __base__=_Group, **fields)
+
+
+class _FamiliesBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> _FamiliesBase:
+        if all(getattr(self, name) is None for name in type(self).model_fields):
+            raise SpaceError(f"name at least one family; known: {', '.join(FAMILY_NAMES)}")
+        return self
+
+
+FamiliesSpace = create_model(
+    "FamiliesSpace",
+    __base__=_FamiliesBase,
+    **{name: (_family_model(name) | None, None) for name in FAMILY_NAMES},
+)
+
+
+class Augmentation(BaseModel):
+    """One random augmentation layer, applied only while training."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    factor: Any = None
+    mode: str | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if value not in AUGMENTATIONS:
+            raise SpaceError(f"{value!r} is not one of {', '.join(AUGMENTATIONS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Augmentation:
+        if self.type == "random_flip":
+            if self.factor is not None:
+                raise SpaceError("not used by random_flip", "factor")
+            if self.mode not in FLIP_MODES:
+                raise SpaceError(f"{self.mode!r} is not one of {', '.join(FLIP_MODES)}", "mode")
+        else:
+            if self.mode is not None:
+                raise SpaceError(f"not used by {self.type}", "mode")
+            if not (_is_number(self.factor) and 0 < self.factor <= 1):
+                raise SpaceError(f"expected a number in (0, 1], got {self.factor!r}", "factor")
+            self.factor = float(self.factor)
+        return self
+
+
+class SearchSpace(BaseModel):
+    """A whole search space: families, common hyperparameters, augmentation, optimizer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    families: FamiliesSpace  # type: ignore[valid-type]
+    common: CommonSpace
+    augmentation: dict[str, list[Augmentation]]
+    optimizer: OptimizerSpace
+
+    @field_validator("augmentation")
+    @classmethod
+    def _has_default(cls, value: dict[str, list[Augmentation]]) -> dict:
+        if "default" not in value:
+            raise SpaceError("a 'default' entry is required (used for unlisted datasets)")
+        return value
+
+    @property
+    def family_names(self) -> tuple[str, ...]:
+        """The families this space searches, in the registry's order."""
+        return tuple(n for n in FAMILY_NAMES if getattr(self.families, n) is not None)
+
+    def family(self, name: str) -> dict[str, Hyperparameter]:
+        """Family ``name``'s hyperparameters by YAML key."""
+        group = getattr(self.families, name, None) if name in FAMILY_NAMES else None
+        if group is None:
+            raise KeyError(f"family {name!r} is not in this space: {', '.join(self.family_names)}")
+        return group.specs()
+
+    def augmentations_for(self, dataset: str | None) -> list[Augmentation]:
+        """The augmentation layers for ``dataset``, or the default entry's."""
+        return self.augmentation.get(dataset or "default", self.augmentation["default"])
+
+    def builder_values(self, name: str, which: Which = "default") -> dict[str, Any]:
+        """What family ``name``'s builder reads, all at the default, low or high end."""
+        common = self.common.specs()
+        return {
+            **values_at(self.family(name), which),
+            **values_at({k: common[k] for k in BUILDER_COMMON}, which),
+        }
+
+
+def values_at(specs: Mapping[str, Hyperparameter], which: Which = "default") -> dict[str, Any]:
+    """Each hyperparameter's default, or its low or high end, as a plain dict."""
+    return {key: spec.value_at(which) for key, spec in specs.items()}
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that rejects duplicate keys and reads 1e-4 as a number (YAML 1.2 style)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _model_at(loc: list[str]) -> type[BaseModel] | None:
+    cls: type[BaseModel] | None = SearchSpace
+    for part in loc:
+        field = cls.model_fields.get(part) if cls else None
+        if field is None:
+            return None
+        cls = _model_in(field.annotation)
+    return cls
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc = [str(part) for part in error["loc"]]
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, SpaceError):
+        if cause.key:
+            loc.append(cause.key)
+        message = str(cause)
+    elif error["type"] == "extra_forbidden":
+        parent = loc[:-1]
+        what = "unknown key"
+        if parent == ["families"]:
+            what = "unknown family"
+        elif len(parent) == 2 and parent[0] == "families":
+            what = "unknown hyperparameter"
+        model = _model_at(parent)
+        message = f"{what}; known: {', '.join(model.model_fields)}" if model else what
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    else:
+        message = f"{error['msg']} (got {error['input']!r})"
+    return f"{'.'.join(loc) or '(top level)'}: {message}"
+
+
+def load_search_space(path: str | Path) -> SearchSpace:
+    """Read and validate a search-space YAML file; any problem is a one-line ConfigError."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.load(handle, Loader=_StrictLoader)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: search-space file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML: {where}{problem}") from None
+    if not isinstance(data, dict):
+        keys = ", ".join(SearchSpace.model_fields)
+        raise ConfigError(f"{path}: expected a mapping with keys {keys}")
+    try:
+        return SearchSpace.model_validate(data)
+    except ValidationError as exc:
+        # A misspelt key also shows up as a missing one; name the misspelling first.
+        errors = sorted(exc.errors(), key=lambda e: e["type"] == "missing")
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"{path}: {_describe(errors[0])}{more}") from None
