@@ -8,11 +8,11 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline import paths
 from pipeline.errors import ConfigError
+from pipeline.yamlfile import read_yaml
 
 DatasetName = Literal["fashion_mnist", "mnist", "cifar10", "digits", "image_folder"]
 
@@ -107,18 +107,7 @@ SECTIONS = {name: field.annotation for name, field in Params.model_fields.items(
 def load_params(path: str | Path = paths.PARAMS) -> Params:
     """Read and validate params.yaml; raise ConfigError with one line on any problem."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: not found; run from the project root or pass --params"
-        ) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(
-            f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})"
-        ) from None
+    raw = read_yaml(path, "params file", "; run from the project root or pass --params") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     try:

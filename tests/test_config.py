@@ -72,7 +72,7 @@ def test_bad_image_size(tmp_path):
 
 def test_yaml_syntax_error_names_the_line(tmp_path):
     msg = _error_for(tmp_path, "data:\n  dataset: [digits\n")
-    assert "not valid YAML" in msg and "line" in msg
+    assert "invalid YAML: line 3, column 1" in msg
 
 
 def test_missing_file(tmp_path):
@@ -107,3 +107,11 @@ def test_unknown_stage_is_a_usage_error(tmp_path):
     result = run_cli("trian", cwd=tmp_path)
     assert result.returncode == 2
     assert "unknown stage 'trian'" in result.stderr
+
+
+def test_duplicate_key_is_an_error_and_exponents_are_numbers(tmp_path):
+    msg = _error_for(tmp_path, "preprocess:\n  seed: 1\n  seed: 2\n")
+    assert "duplicate key 'seed'" in msg
+    path = tmp_path / "ok.yaml"
+    path.write_text("preprocess:\n  val_fraction: 2e-1\n")
+    assert load_params(path).preprocess.val_fraction == 0.2

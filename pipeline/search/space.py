@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-import re
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -21,6 +19,7 @@ from pydantic import (
 
 from pipeline.errors import ConfigError
 from pipeline.families import FAMILY_NAMES
+from pipeline.yamlfile import read_yaml
 
 HP_TYPES = ("int", "float", "choice", "boolean")
 OPTIMIZERS = ("sgd", "adagrad", "adam", "rmsprop", "adamw")
@@ -361,30 +360,6 @@ def values_at(specs: Mapping[str, Hyperparameter], which: Which = "default") -> 
     return {key: spec.value_at(which) for key, spec in specs.items()}
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """Safe YAML that rejects duplicate keys and reads 1e-4 as a number (YAML 1.2 style)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-_StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
 def _model_at(loc: list[str]) -> type[BaseModel] | None:
     cls: type[BaseModel] | None = SearchSpace
     for part in loc:
@@ -430,16 +405,7 @@ def _describe(error: Mapping[str, Any]) -> str:
 
 def load_search_space(path: str | Path) -> SearchSpace:
     """Read and validate a search-space YAML file; any problem is a one-line ConfigError."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.load(handle, Loader=_StrictLoader)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: search-space file not found") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: invalid YAML: {where}{problem}") from None
+    data = read_yaml(path, "search-space file")
     if not isinstance(data, dict):
         keys = ", ".join(SearchSpace.model_fields)
         raise ConfigError(f"{path}: expected a mapping with keys {keys}")
