@@ -10,7 +10,7 @@ Builders use ``keras.layers`` / ``keras.ops`` only, so they run on TensorFlow an
 To add a hyperparameter to a family: declare it (type, range, default) under the family in
 ``search_spaces/*.yaml`` and read it in the builder as ``hp["name"]``. The ranges, steps and
 defaults live in the YAML only; shared pieces (L2 regulariser, downsampling budget,
-classifier head) are in ``_common.py``.
+conv-BN unit, ImageNet stem, classifier head) are in ``_common.py``.
 """
 
 import importlib

@@ -1,4 +1,4 @@
-"""Pieces every family shares: regularisation, downsampling budget, classifier head."""
+"""Pieces the families share: regularisation, downsampling, conv units, stem, head."""
 
 import math
 
@@ -16,6 +16,46 @@ def max_halvings(input_shape, min_size: int = 1) -> int:
     """How many times the smaller spatial side can be halved and stay >= ``min_size``."""
     side = min(int(input_shape[0]), int(input_shape[1]))
     return max(0, int(math.floor(math.log2(side / min_size))))
+
+
+def stem_halvings(input_shape) -> int:
+    """Halvings of an ImageNet-style stem: at most 2 (224 to 56), never below 32 px."""
+    return min(2, max_halvings(input_shape, min_size=32))
+
+
+def activate(x, activation: str | None):
+    """Apply ``"relu"``, ``"relu6"`` (ReLU capped at 6) or, for ``None``, nothing."""
+    if activation is None:
+        return x
+    if activation not in ("relu", "relu6"):
+        raise ValueError(f"unknown activation {activation!r}; expected relu, relu6 or None")
+    return layers.ReLU(max_value=6.0 if activation == "relu6" else None)(x)
+
+
+def conv_bn(x, filters, kernel, reg, strides=1, activation="relu", batch_norm=True):
+    """Conv ("same"; bias only without batch norm), optional batch norm, activation."""
+    x = layers.Conv2D(
+        filters,
+        kernel,
+        strides=strides,
+        padding="same",
+        use_bias=not batch_norm,
+        kernel_regularizer=reg,
+    )(x)
+    if batch_norm:
+        x = layers.BatchNormalization()(x)
+    return activate(x, activation)
+
+
+def imagenet_stem(x, filters, reg, input_shape):
+    """A 7x7/2 conv-BN-ReLU and 3x3/2 max-pool on large inputs, a 3x3 one on small ones."""
+    halvings = stem_halvings(input_shape)
+    if halvings == 0:
+        return conv_bn(x, filters, 3, reg)
+    x = conv_bn(x, filters, 7, reg, strides=2)
+    if halvings == 2:
+        x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+    return x
 
 
 def classifier_head(x, num_classes: int, hp, dense_units: int | None = None):

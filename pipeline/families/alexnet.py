@@ -5,26 +5,12 @@ import math
 import keras
 from keras import layers
 
-from pipeline.families._common import classifier_head, l2
+from pipeline.families._common import classifier_head, conv_bn, l2
 
 # (min input side, first kernel, first stride): the paper's 11x11/4 only suits big images.
 FIRST_CONV = ((128, 11, 4), (48, 7, 2), (0, 5, 1))
 # Widths relative to base_filters; the paper's 96-256-384-384-256 is about 1:3:4:4:3.
 WIDTHS = (1, 3, 4, 4, 3)
-
-
-def _conv_bn_relu(x, filters: int, kernel: int, hp, stride: int = 1, batch_norm: bool = False):
-    x = layers.Conv2D(
-        filters,
-        kernel,
-        strides=stride,
-        padding="same",
-        use_bias=not batch_norm,
-        kernel_regularizer=l2(hp),
-    )(x)
-    if batch_norm:
-        x = layers.BatchNormalization()(x)
-    return layers.ReLU()(x)
 
 
 def _pool(x, side: int):
@@ -36,22 +22,23 @@ def _pool(x, side: int):
 
 def build(hp, input_shape, num_classes: int) -> keras.Model:
     """conv -> pool -> conv -> pool -> 3 convs -> pool -> dense -> dense -> softmax."""
+    reg = l2(hp)
     base = int(hp["base_filters"])
     filters = [base * w for w in WIDTHS]
     side = min(int(input_shape[0]), int(input_shape[1]))
     kernel, stride = next((k, s) for low, k, s in FIRST_CONV if side >= low)
     inputs = keras.Input(tuple(input_shape))
     # Batch norm after the first two convolutions, where the paper had LRN.
-    x = _conv_bn_relu(inputs, filters[0], kernel, hp, stride=stride, batch_norm=True)
+    x = conv_bn(inputs, filters[0], kernel, reg, strides=stride)
     x, side = _pool(x, math.ceil(side / stride))
-    x = _conv_bn_relu(x, filters[1], 5, hp, batch_norm=True)
+    x = conv_bn(x, filters[1], 5, reg)
     x, side = _pool(x, side)
     for width in filters[2:]:
-        x = _conv_bn_relu(x, width, 3, hp)
+        x = conv_bn(x, width, 3, reg, batch_norm=False)
     x, side = _pool(x, side)
     units = int(hp["dense_units"])
     x = layers.GlobalAveragePooling2D()(x)
-    x = layers.Dense(units, activation="relu", kernel_regularizer=l2(hp))(x)
+    x = layers.Dense(units, activation="relu", kernel_regularizer=reg)(x)
     if float(hp["dropout"]) > 0:
         x = layers.Dropout(float(hp["dropout"]))(x)
     outputs = classifier_head(x, num_classes, hp, dense_units=units)

@@ -5,7 +5,7 @@ import math
 import keras
 from keras import layers
 
-from pipeline.families._common import classifier_head, l2, max_halvings
+from pipeline.families._common import classifier_head, l2, max_halvings, stem_halvings
 
 BOTTLENECK_WIDTH = 4  # the 1x1 conv has 4 * growth_rate filters, as in DenseNet-BC
 
@@ -36,9 +36,9 @@ def _transition(x, compression, reg, downsample):
 
 def _stem(x, filters, reg, input_shape):
     """ImageNet stem (7x7/2 conv, 3x3/2 max-pool) on large inputs, a 3x3 conv on small ones."""
+    # Pre-activation: only the max-pool needs a BN-ReLU; the first dense layer adds its own.
     conv = {"padding": "same", "use_bias": False, "kernel_regularizer": reg}
-    # Halve only down to 32-63 px, like ImageNet stems take 224 to 56; small inputs keep it all.
-    halvings = min(2, max_halvings(input_shape, min_size=32))
+    halvings = stem_halvings(input_shape)
     if halvings == 0:
         return layers.Conv2D(filters, 3, **conv)(x)
     x = layers.Conv2D(filters, 7, strides=2, **conv)(x)

@@ -5,7 +5,7 @@ from functools import partial
 import keras
 from keras import layers
 
-from pipeline.families._common import classifier_head, l2, max_halvings
+from pipeline.families._common import activate, classifier_head, conv_bn, l2, max_halvings
 
 STEM_FILTERS = 32
 # Per stage: (width, blocks) groups before the width multiplier; a stage's first block is
@@ -23,39 +23,25 @@ def _scaled(channels, alpha):
     return scaled + 8 if scaled < 0.9 * channels * alpha else scaled
 
 
-def _conv_bn(x, filters, reg, activation, kernel_size=1, strides=1):
-    """Conv (no bias), batch norm, then ``activation`` (a layer) if given."""
-    x = layers.Conv2D(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding="same",
-        use_bias=False,
-        kernel_regularizer=reg,
-    )(x)
-    x = layers.BatchNormalization()(x)
-    return activation(x) if activation else x
-
-
 def _depthwise_bn(x, reg, activation, strides):
-    """Depthwise 3x3 conv (no bias), batch norm, activation."""
+    """Depthwise 3x3 conv (no bias), batch norm, ``activation`` (relu or relu6)."""
     x = layers.DepthwiseConv2D(
         3, strides=strides, padding="same", use_bias=False, depthwise_regularizer=reg
     )(x)
-    return activation(layers.BatchNormalization()(x))
+    return activate(layers.BatchNormalization()(x), activation)
 
 
 def _separable_block(x, filters, strides, reg):
     """v1 block: depthwise 3x3-BN-ReLU, pointwise 1x1-BN-ReLU."""
-    x = _depthwise_bn(x, reg, layers.ReLU(), strides)
-    return _conv_bn(x, filters, reg, layers.ReLU())
+    x = _depthwise_bn(x, reg, "relu", strides)
+    return conv_bn(x, filters, 1, reg)
 
 
 def _inverted_residual_block(x, filters, strides, reg, expansion):
     """v2 block: 1x1 expand-BN-ReLU6, depthwise 3x3-BN-ReLU6, linear 1x1 project-BN (+input)."""
-    y = _conv_bn(x, x.shape[-1] * expansion, reg, layers.ReLU(max_value=6.0))
-    y = _depthwise_bn(y, reg, layers.ReLU(max_value=6.0), strides)
-    y = _conv_bn(y, filters, reg, activation=None)
+    y = conv_bn(x, x.shape[-1] * expansion, 1, reg, activation="relu6")
+    y = _depthwise_bn(y, reg, "relu6", strides)
+    y = conv_bn(y, filters, 1, reg, activation=None)
     if strides == 1 and x.shape[-1] == filters:
         y = layers.Add()([x, y])
     return y
@@ -67,18 +53,18 @@ def build(hp, input_shape, num_classes) -> keras.Model:
     alpha = float(hp["width_multiplier"])
     version = hp["version"]
     if version == "v1":
-        block, stages, relu = _separable_block, V1_STAGES, layers.ReLU
+        block, stages, act = _separable_block, V1_STAGES, "relu"
     elif version == "v2":
         # expansion is read only for v2: a tuner may leave it out of v1 trials.
         block = partial(_inverted_residual_block, expansion=int(hp["expansion"]))
-        stages, relu = V2_STAGES, partial(layers.ReLU, max_value=6.0)
+        stages, act = V2_STAGES, "relu6"
     else:
         raise ValueError(f"unknown MobileNet version {version!r}; expected v1 or v2")
 
     inputs = keras.Input(shape=input_shape)
     # Only large inputs get the strided stem: MobileNet takes 224 to 7, a 32x32 input to 2.
     stem_stride = 2 if max_halvings(input_shape, min_size=32) > 0 else 1
-    x = _conv_bn(inputs, _scaled(STEM_FILTERS, alpha), reg, relu(), 3, stem_stride)
+    x = conv_bn(inputs, _scaled(STEM_FILTERS, alpha), 3, reg, strides=stem_stride, activation=act)
     budget = max_halvings(x.shape[1:3])
     for stage, groups in enumerate(stages[: int(hp["num_stages"])]):
         downsample = stage > 0 and budget > 0
@@ -88,6 +74,6 @@ def build(hp, input_shape, num_classes) -> keras.Model:
                 strides = 2 if downsample and group == 0 and i == 0 else 1
                 x = block(x, _scaled(width, alpha), strides, reg)
     if version == "v2":
-        x = _conv_bn(x, _scaled(V2_LAST_CONV, alpha), reg, relu())
+        x = conv_bn(x, _scaled(V2_LAST_CONV, alpha), 1, reg, activation=act)
     outputs = classifier_head(x, num_classes, hp)
     return keras.Model(inputs, outputs, name="mobilenet")

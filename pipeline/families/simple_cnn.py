@@ -3,7 +3,7 @@
 import keras
 from keras import layers
 
-from pipeline.families._common import classifier_head, l2, max_halvings
+from pipeline.families._common import classifier_head, conv_bn, l2, max_halvings
 
 MAX_FILTERS = 512  # doubling from 128 over 4 blocks would reach 1024: costly, rarely better
 
@@ -13,18 +13,10 @@ def build(hp, input_shape, num_classes: int) -> keras.Model:
     inputs = keras.Input(tuple(input_shape))
     pools_left = max_halvings(input_shape)
     filters = int(hp["filters"])
+    kernel, batch_norm = int(hp["kernel_size"]), bool(hp["batch_norm"])
     x = inputs
     for _ in range(int(hp["num_blocks"])):
-        x = layers.Conv2D(
-            filters,
-            int(hp["kernel_size"]),
-            padding="same",
-            use_bias=not hp["batch_norm"],
-            kernel_regularizer=l2(hp),
-        )(x)
-        if hp["batch_norm"]:
-            x = layers.BatchNormalization()(x)
-        x = layers.ReLU()(x)
+        x = conv_bn(x, filters, kernel, l2(hp), batch_norm=batch_norm)
         # Pool only while the map can still be halved, so small inputs stay >= 1x1.
         if pools_left > 0:
             x = layers.MaxPooling2D(2)(x)

@@ -5,7 +5,7 @@ import math
 import keras
 from keras import layers
 
-from pipeline.families._common import classifier_head, l2, max_halvings
+from pipeline.families._common import classifier_head, conv_bn, l2, max_halvings
 
 MAX_FILTERS = 512  # VGG's own cap
 # The dense head flattens at most 7x7 maps (torchvision's adaptive pooling does the
@@ -36,12 +36,7 @@ def build(hp, input_shape, num_classes: int) -> keras.Model:
     x = inputs
     for _ in range(int(hp["num_blocks"])):
         for _ in range(int(hp["convs_per_block"])):
-            x = layers.Conv2D(
-                filters, 3, padding="same", use_bias=not batch_norm, kernel_regularizer=l2(hp)
-            )(x)
-            if batch_norm:
-                x = layers.BatchNormalization()(x)
-            x = layers.ReLU()(x)
+            x = conv_bn(x, filters, 3, l2(hp), batch_norm=batch_norm)
         # Pool only while the map can still be halved, so small inputs stay >= 1x1.
         if pools_left > 0:
             x = layers.MaxPooling2D(2)(x)

@@ -3,7 +3,7 @@
 import keras
 from keras import layers
 
-from pipeline.families._common import classifier_head, l2, max_halvings
+from pipeline.families._common import classifier_head, conv_bn, l2, max_halvings
 
 
 def _separable_bn(x, filters, reg):
@@ -27,10 +27,7 @@ def _downsampling_block(x, filters, reg, downsample):
     strides = 2 if downsample else 1
     if downsample:
         y = layers.MaxPooling2D(3, strides=2, padding="same")(y)
-    shortcut = layers.Conv2D(
-        filters[-1], 1, strides=strides, padding="same", use_bias=False, kernel_regularizer=reg
-    )(x)
-    shortcut = layers.BatchNormalization()(shortcut)
+    shortcut = conv_bn(x, filters[-1], 1, reg, strides=strides, activation=None)
     return layers.Add()([y, shortcut])
 
 
@@ -45,11 +42,7 @@ def _middle_block(x, filters, reg):
 def _stem(x, filters, reg, strides):
     """Two 3x3 conv-BN-ReLU, the first with ``filters // 2`` filters (32 and 64 in Xception)."""
     for f, s in ((filters // 2, strides), (filters, 1)):
-        conv = layers.Conv2D(
-            f, 3, strides=s, padding="same", use_bias=False, kernel_regularizer=reg
-        )
-        x = conv(x)
-        x = layers.ReLU()(layers.BatchNormalization()(x))
+        x = conv_bn(x, f, 3, reg, strides=s)
     return x
 
 
