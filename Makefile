@@ -14,7 +14,10 @@ PYTEST_ARGS ?=
 venv: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "error: $(PYTHON) is older than 3.11; install Python 3.11+ or run make PYTHON=python3.11 ..." >&2; exit 2; }
+	@# A venv made without ensurepip (Debian's python3-venv missing) has no pip: start over.
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
@@ -30,7 +33,7 @@ test: $(STAMP)
 # in a second environment that has JAX and no TensorFlow.
 JAX_VENV ?= .venv-jax
 $(JAX_VENV)/.installed: requirements-jax.lock
-	@test -x $(JAX_VENV)/bin/python || $(PYTHON) -m venv $(JAX_VENV)
+	@$(JAX_VENV)/bin/python -m pip --version >/dev/null 2>&1 || { rm -rf $(JAX_VENV) && $(PYTHON) -m venv $(JAX_VENV); }
 	$(JAX_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(JAX_VENV)/bin/python -m pip install --quiet -r requirements-jax.lock
 	@touch $@

@@ -45,6 +45,10 @@ def temp_dir_beside(final: Path) -> Path:
     """A fresh empty directory next to ``final``, to be moved into place by ``replace_dir``."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    # Leftovers of a run that was killed before its cleanup ran.
+    for stale in final.parent.glob(f".{final.name}.*"):
+        if stale.is_dir() and stale.name.endswith((".tmp", ".old")):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     os.chmod(tmp, _default_mode(directory=True))
     return tmp
@@ -53,10 +57,15 @@ def temp_dir_beside(final: Path) -> Path:
 def replace_dir(tmp: Path, final: Path) -> None:
     """Move the finished directory ``tmp`` to ``final``, replacing what was there."""
     final = Path(final)
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    # A fresh, unique name for the old copy: a reused PID must not collide with a leftover.
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+    os.replace(final, old / final.name)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        os.replace(old / final.name, final)  # put the previous version back
+        raise
+    shutil.rmtree(old, ignore_errors=True)

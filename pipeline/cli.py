@@ -2,6 +2,7 @@
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -39,14 +40,20 @@ def stage_parser(stage: str) -> argparse.ArgumentParser:
 
 def guarded(main: Callable[[Sequence[str] | None], int], argv=None) -> int:
     """Run a stage's main; a user error becomes one line on stderr and its exit code."""
+    # SIGTERM (a CI timeout, `kill`) would skip `finally` blocks and leave temp files.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return main(argv) or 0
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted; outputs of the previous run are unchanged", file=sys.stderr)
         return 130
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _top_help() -> str:

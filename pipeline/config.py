@@ -41,6 +41,11 @@ class DataParams(_Section):
 
     @model_validator(mode="after")
     def _folder_needed(self):
+        if self.mirror_url and not self.mirror_url.startswith(("http://", "https://", "file://")):
+            raise ValueError(
+                f"mirror_url: got {self.mirror_url!r}, expected a URL starting with "
+                "http://, https:// or file://"
+            )
         if self.dataset == "image_folder" and not self.image_folder:
             raise ValueError("image_folder: required when dataset is image_folder")
         return self

@@ -8,6 +8,7 @@ import json
 import shutil
 import sys
 import time
+import zipfile
 
 from pipeline import atomic, paths
 from pipeline.cli import guarded, stage_parser
@@ -36,15 +37,24 @@ def main(argv=None) -> int:
             f"{raw}: no downloaded {dataset} (missing {paths.CHECKSUMS_FILE}); "
             "run `python -m pipeline download` (or `dvc repro download`) first"
         )
-    checksums = json.loads(checksums_file.read_text())
-    if checksums.get("dataset") != dataset:
-        raise DataError(f"{checksums_file} is for {checksums.get('dataset')!r}, not {dataset!r}")
+    try:
+        checksums = json.loads(checksums_file.read_text())
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{checksums_file}: unreadable ({exc}); rerun the download stage") from None
+    if not isinstance(checksums, dict) or checksums.get("dataset") != dataset:
+        raise DataError(f"{checksums_file} is not the manifest of {dataset!r}; rerun download")
 
     log(f"preprocess: decoding {dataset} from {raw}/")
     if dataset == "image_folder":
         decoded = decode_folder(raw, pp.image_size, pp.color_mode, log)
     else:
-        decoded = prepare.conform(DECODERS[dataset](raw), pp)
+        try:
+            decoded = prepare.conform(DECODERS[dataset](raw), pp)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise DataError(
+                f"{raw}: cannot decode {dataset} ({type(exc).__name__}: {exc}); "
+                f"delete {raw} and rerun the download stage"
+            ) from None
     splits = prepare.split(decoded, pp)
     report = prepare.validate(decoded, splits)
     report["dataset"] = dataset
@@ -62,8 +72,8 @@ def main(argv=None) -> int:
     try:
         prepare.write_splits(splits, out)
         atomic.write_json(out / paths.META_FILE, meta)
-        atomic.write_json(paths.DATA_VALIDATION, report)
         atomic.replace_dir(out, paths.PROCESSED)
+        atomic.write_json(paths.DATA_VALIDATION, report)
     finally:
         shutil.rmtree(out, ignore_errors=True)  # gone already after a successful swap
     for line in prepare.summary_lines(meta, report):

@@ -17,6 +17,10 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
     seen = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)
+        if not isinstance(key, str | int | float | bool | None):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"keys must be plain names, got {key!r}", key_node.start_mark
+            )
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -46,6 +50,10 @@ def read_yaml(path: str | Path, what: str, hint: str = "") -> Any:
             return yaml.load(handle, Loader=_StrictLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} not found{hint}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: {what} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

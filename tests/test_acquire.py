@@ -2,8 +2,10 @@
 
 import io
 import json
+import pickle
 import tarfile
 
+import numpy as np
 import pytest
 
 from pipeline.config import DataParams
@@ -197,3 +199,38 @@ def test_failed_download_keeps_the_previous_raw_data(project, monkeypatch):
     assert "data.image_folder: /does/not/exist is not a folder" in result.stderr
     assert (project.path / "data/raw/digits/checksums.json").read_text() == before
     assert sorted(p.name for p in (project.path / "data/raw").iterdir()) == ["digits"]
+
+
+def test_cifar10_is_fetched_verified_and_extracted(tmp_path, http_server, monkeypatch):
+    src = tmp_path / "src" / "cifar-10-batches-py"
+    src.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": np.zeros((2, 3072), dtype=np.uint8), b"labels": [0, 1]}
+        (src / name).write_bytes(pickle.dumps(batch))
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname="cifar-10-batches-py")
+    url = http_server.serve(archive.name, archive.read_bytes())
+    remote = catalog.RemoteFile(archive.name, url, (sha256_of(archive),))
+    ds = catalog.Dataset("cifar10", (remote,), catalog.CIFAR10_CLASSES)
+    monkeypatch.setitem(catalog.DATASETS, "cifar10", ds)
+    dest, manifest, _ = _acquire(tmp_path, dataset="cifar10")
+    assert manifest["archive"] == {archive.name: sha256_of(archive)}
+    assert "cifar-10-batches-py/test_batch" in manifest["files"]
+    assert archive.name not in manifest["files"] and not (dest / archive.name).exists()
+    for rel, digest in manifest["files"].items():
+        assert sha256_of(dest / rel) == digest
+
+
+def test_missing_mirror_dir_is_named(tmp_path):
+    with pytest.raises(DataError, match="data.mirror_dir: /no/such/dir is not a folder"):
+        _acquire(tmp_path, dataset="digits", mirror_dir="/no/such/dir")
+
+
+def test_stale_temp_dirs_of_a_killed_run_are_removed(project):
+    stale = project.path / "data" / "raw" / ".digits.x1y2.tmp"
+    stale.mkdir(parents=True)
+    (stale / "half.part").write_bytes(b"half")
+    project.params(data={"dataset": "digits"})
+    assert run_cli("download", cwd=project.path).returncode == 0
+    assert sorted(p.name for p in (project.path / "data" / "raw").iterdir()) == ["digits"]

@@ -115,3 +115,16 @@ def test_duplicate_key_is_an_error_and_exponents_are_numbers(tmp_path):
     path = tmp_path / "ok.yaml"
     path.write_text("preprocess:\n  val_fraction: 2e-1\n")
     assert load_params(path).preprocess.val_fraction == 0.2
+
+
+def test_mirror_url_needs_a_scheme(tmp_path):
+    msg = _error_for(tmp_path, "data:\n  mirror_url: example.com/datasets\n")
+    assert "data.mirror_url: got 'example.com/datasets'" in msg and "http://" in msg
+
+
+def test_unreadable_params_path_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read params file"):
+        load_params(tmp_path)  # a folder, not a file
+    (tmp_path / "latin1.yaml").write_bytes("data:\n  dataset: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_params(tmp_path / "latin1.yaml")

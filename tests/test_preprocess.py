@@ -188,3 +188,39 @@ def test_failed_preprocess_keeps_previous_outputs(project, image_folder):
     assert result.returncode == 1 and "stratified" in result.stderr
     assert (project.path / "data/processed/meta.json").read_text() == meta_before
     assert sorted(p.name for p in (project.path / "data").iterdir()) == ["processed", "raw"]
+
+
+def test_sixteen_bit_grayscale_is_rescaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    for cls, level in (("dark", 8192), ("mid", 32768)):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            arr = np.full((10, 10), level, dtype=np.uint16)
+            Image.fromarray(arr).save(tmp_path / cls / f"{i}.png")
+    decoded = decode_folder(tmp_path, None, "auto", log=lambda m: None)
+    assert decoded.x.shape == (4, 10, 10, 1)  # still grayscale
+    means = {decoded.class_names[y]: decoded.x[decoded.y == y].mean() for y in (0, 1)}
+    assert means["dark"] == pytest.approx(32, abs=1) and means["mid"] == pytest.approx(128, abs=1)
+
+
+def test_oversized_image_is_skipped_not_a_crash(image_folder, monkeypatch):
+    from PIL import Image
+
+    save_image(image_folder / "cat" / "huge.png", size=(120, 120))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # 120x120 is over 2x the limit
+    decoded = decode_folder(image_folder, None, "auto", log=lambda m: None)
+    huge = [s for s in decoded.skipped if s["path"] == "cat/huge.png"]
+    assert huge and "DecompressionBomb" in huge[0]["reason"]
+
+
+def test_corrupt_raw_files_are_a_clear_error(project):
+    project.params(data={"dataset": "mnist"})
+    raw = project.path / "data" / "raw" / "mnist"
+    raw.mkdir(parents=True)
+    (raw / "checksums.json").write_text('{"dataset": "mnist", "files": {}}')
+    (raw / "mnist.npz").write_bytes(b"not a zip")
+    result = run_cli("preprocess", cwd=project.path)
+    assert result.returncode == 1
+    assert "cannot decode mnist" in result.stderr and "rerun the download stage" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -23,6 +23,8 @@ Log = Callable[[str], None]
 
 def acquire(params: DataParams, dest: Path, log: Log, backoff: float = 1.0) -> dict:
     """Fill the empty folder ``dest`` with ``params.dataset``; return the checksums manifest."""
+    if params.mirror_dir and not Path(params.mirror_dir).expanduser().is_dir():
+        raise DataError(f"data.mirror_dir: {params.mirror_dir} is not a folder; fix or unset it")
     if params.dataset == "digits":
         files, sources = _digits(dest)
     elif params.dataset == "image_folder":
@@ -36,9 +38,12 @@ def acquire(params: DataParams, dest: Path, log: Log, backoff: float = 1.0) -> d
             )
         if params.dataset == "cifar10":
             tarball = dest / ds.files[0].name
+            archive = {tarball.name: files.pop(tarball.name)}
             for path in safe_extract(tarball, dest):
                 files[path.relative_to(dest.resolve()).as_posix()] = sha256_of(path)
             tarball.unlink()  # the extracted batches are what DVC should keep
+            return {"dataset": params.dataset, "files": dict(sorted(files.items())),
+                    "archive": archive, "sources": sources}  # fmt: skip
     return {"dataset": params.dataset, "files": dict(sorted(files.items())), "sources": sources}
 
 

@@ -98,7 +98,8 @@ def _stream(url: str, part: Path, timeout: float, log) -> str:
     received = 0
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as out:
-            total = int(resp.headers.get("Content-Length") or 0)
+            length = resp.headers.get("Content-Length") or "0"
+            total = int(length) if length.isdigit() else 0
             progress = _Progress(part.name.removesuffix(".part"), total, log)
             while chunk := resp.read(CHUNK):
                 out.write(chunk)
@@ -107,12 +108,14 @@ def _stream(url: str, part: Path, timeout: float, log) -> str:
                 progress.update(received)
             progress.done(received)
     except urllib.error.HTTPError as exc:
-        if exc.code >= 500 or exc.code == 429:
+        if exc.code >= 500 or exc.code in (408, 429):
             raise _Transient(f"HTTP {exc.code}") from None
         name = part.name.removesuffix(".part")
         raise DownloadError(f"{name}: {url} answered HTTP {exc.code}") from None
     except http.client.IncompleteRead as exc:
         raise _Transient(f"connection dropped after {received + len(exc.partial)} bytes") from None
+    except ValueError as exc:  # e.g. a URL without a scheme
+        raise DownloadError(f"{url}: not a valid URL ({exc})") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         raise _Transient(f"{type(reason).__name__}: {reason}") from None

@@ -11,13 +11,28 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from pipeline.data.decode import Decoded
 from pipeline.errors import DataError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
-_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+_GRAY_MODES = {"1", "L", "LA", "P;L"}
+
+
+def _is_gray(mode: str) -> bool:
+    # "I", "I;16", "I;16B", "F": integer and float grayscale of more than 8 bits
+    return mode in _GRAY_MODES or mode.startswith(("I", "F"))
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """Rescale >8-bit grayscale (16-bit PNG/TIFF, float) to 0..255; convert("L") would clip."""
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode.startswith("F"):
+        top = 1.0 if arr.size and arr.max() <= 1.0 else 255.0
+    else:
+        top = 65535.0 if arr.size and arr.max() > 255 else 255.0
+    return Image.fromarray(np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8), "L")
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -33,6 +48,8 @@ def convert_image(img: Image.Image, size: tuple[int, int], channels: int) -> np.
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
+    if img.mode.startswith(("I", "F")):
+        img = _to_8bit(img)
     img = img.convert("L" if channels == 1 else "RGB")
     if img.size != (size[1], size[0]):
         img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
@@ -64,14 +81,14 @@ def decode_folder(
         try:
             with Image.open(path) as img:
                 headers.append((path, label, img.size, img.mode))
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise many types on bad files
             skipped.append({"path": str(path.relative_to(root)), "reason": _reason(exc)})
     if not headers:
         raise DataError(f"{root}: none of the {len(files)} image files could be decoded")
     sizes = Counter((h, w) for _, _, (w, h), _ in headers)
     size = tuple(image_size) if image_size else sizes.most_common(1)[0][0]
     if color_mode == "auto":
-        channels = 1 if all(m in _GRAY_MODES for *_, m in headers) else 3
+        channels = 1 if all(_is_gray(m) for *_, m in headers) else 3
     else:
         channels = 1 if color_mode == "grayscale" else 3
 
@@ -84,8 +101,7 @@ def decode_folder(
                 with Image.open(path) as img:
                     img.load()
                     xs.append(convert_image(img, size, channels))
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
-                Image.DecompressionBombWarning) as exc:  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - any decode failure skips the file
             skipped.append({"path": str(path.relative_to(root)), "reason": _reason(exc)})
             continue
         ys.append(label)
