@@ -8,19 +8,11 @@ RAW = DATA / "raw"
 PROCESSED = DATA / "processed"
 REPORTS = Path("reports")
 DATA_VALIDATION = REPORTS / "data_validation.json"
-MODELS = Path("models")
-SEARCH_SPACES = Path("search_spaces")
 
 CHECKSUMS_FILE = "checksums.json"
 META_FILE = "meta.json"
-SPLITS = ("train", "val", "test")
 
 
 def raw_dir(dataset: str) -> Path:
     """Where the download stage puts ``dataset``'s files."""
     return RAW / dataset
-
-
-def split_file(split: str, processed: Path = PROCESSED) -> Path:
-    """The ``.npz`` of one split."""
-    return processed / f"{split}.npz"
