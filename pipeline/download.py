@@ -7,12 +7,8 @@ import time
 from pipeline import atomic, paths
 from pipeline.cli import guarded, stage_parser
 from pipeline.config import load_params
+from pipeline.console import log
 from pipeline.data.acquire import acquire
-
-
-def log(msg: str) -> None:
-    """Progress goes to stderr so stdout stays clean for tools."""
-    print(msg, file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:

@@ -13,15 +13,11 @@ import zipfile
 from pipeline import atomic, paths
 from pipeline.cli import guarded, stage_parser
 from pipeline.config import load_params
+from pipeline.console import log
 from pipeline.data import prepare
 from pipeline.data.decode import DECODERS
 from pipeline.data.images import decode_folder
 from pipeline.errors import DataError
-
-
-def log(msg: str) -> None:
-    """Progress goes to stderr so stdout stays clean for tools."""
-    print(msg, file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:

@@ -8,12 +8,12 @@ SHA-256 matches. Nothing half-written is ever left under the destination name.
 import hashlib
 import http.client
 import shutil
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from pipeline import console
 from pipeline.errors import ChecksumError, DownloadError
 
 CHUNK = 1 << 16
@@ -68,7 +68,7 @@ def download(
         ChecksumError: the file arrived whole but its SHA-256 is not pinned (not retried).
         DownloadError: it could not be fetched after ``retries`` retries.
     """
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = log or console.log
     part = dest.with_name(dest.name + ".part")
     attempt = 0
     try:

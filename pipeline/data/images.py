@@ -4,7 +4,6 @@ Undecodable files are skipped and listed with their reason, never a crash. Image
 converted to one mode and one size (the ``preprocess`` params, or the most common size).
 """
 
-import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.console import log
 from pipeline.data.decode import Decoded
 from pipeline.errors import DataError
 
@@ -61,7 +61,7 @@ def decode_folder(
     root: Path,
     image_size: tuple[int, int] | None,
     color_mode: str,
-    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+    log: Callable[[str], None] = log,
 ) -> Decoded:
     """Decode ``root/<class>/**/<image>`` into arrays; labels follow sorted class names."""
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
