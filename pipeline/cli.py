@@ -17,6 +17,10 @@ STAGES = {
         "decode, split and validate into data/processed/ and reports/data_validation.json",
         ("data.dataset", "preprocess"),
     ),
+    "tune": (
+        "search the architecture families with Keras Tuner; every trial an MLflow run",
+        ("data.dataset", "tune", "mlflow"),
+    ),
 }
 
 

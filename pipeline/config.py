@@ -86,16 +86,68 @@ class PreprocessParams(_Section):
         return data
 
 
+Switch = bool | Literal["auto"]
+
+
 class TuneParams(_Section):
-    """The tune stage (search space choice and model-size limit so far)."""
+    """The tune stage: the Keras Tuner search, its budget, failures and resume."""
 
     search_space: str = Field(
         "search_spaces/default.yaml", description="search-space YAML file to use"
     )
+    algorithm: Literal["hyperband", "random", "bayesian", "grid"] = Field(
+        "hyperband", description="search algorithm (objective: val_accuracy)"
+    )
+    max_trials: int = Field(30, ge=1, description="most trials (model configurations) to run")
+    max_epochs: int = Field(
+        10, ge=1, description="epochs of one trial (hyperband: of its longest trials)"
+    )
+    hyperband_factor: int = Field(
+        3, ge=2, description="hyperband: keeps 1/factor of the trials per round"
+    )
+    executions_per_trial: int = Field(
+        1, ge=1, description="trainings per trial; the score is their mean"
+    )
+    early_stopping_patience: int | None = Field(
+        3, ge=1, description="stop a trial after this many epochs without val_accuracy gain"
+    )
+    batch_size: int = Field(128, ge=1, description="training batch size")
+    max_train_samples: int | None = Field(
+        None, ge=1, description="search on a seeded subset of the training split this large"
+    )
+    time_budget_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="no trial starts after this; the running one stops at its epoch end",
+    )
     max_params: int | None = Field(
         None, gt=0, description="models with more parameters fail before training"
     )
-    seed: int = Field(42, ge=0, description="seed of the search")
+    max_retries_per_trial: int = Field(
+        1, ge=0, description="reruns of a trial that crashed or whose loss became NaN"
+    )
+    max_consecutive_failed_trials: int = Field(
+        5, ge=1, description="this many failed trials in a row end the stage with an error"
+    )
+    mixed_precision: Switch = Field(
+        "auto", description="float16 compute; auto: on only where a GPU is present"
+    )
+    jit_compile: Switch = Field("auto", description="XLA compilation; auto: Keras decides")
+    resume: bool = Field(
+        True, description="continue the search saved in models/tuner/; false starts fresh"
+    )
+    seed: int = Field(42, ge=0, description="seed of the search and of each trial")
+
+
+class MlflowParams(_Section):
+    """Where runs are recorded (MLFLOW_TRACKING_URI, when set, wins over tracking_uri)."""
+
+    tracking_uri: str = Field(
+        "sqlite:///mlflow.db", description="MLflow tracking store or server URL"
+    )
+    experiment_name: str | None = Field(
+        None, description="MLflow experiment; null: the dataset's name"
+    )
 
 
 class Params(_Section):
@@ -104,6 +156,7 @@ class Params(_Section):
     data: DataParams = DataParams()
     preprocess: PreprocessParams = PreprocessParams()
     tune: TuneParams = TuneParams()
+    mlflow: MlflowParams = MlflowParams()
 
 
 SECTIONS = {name: field.annotation for name, field in Params.model_fields.items()}

@@ -33,3 +33,13 @@ class ChecksumError(DownloadError):
 
 class UnsafeArchiveError(DataError):
     """An archive member would be written outside the extraction directory."""
+
+
+class TuneStateError(PipelineError):
+    """The saved search in models/tuner/ is unreadable or belongs to another search."""
+
+    exit_code = 2
+
+
+class SearchFailedError(PipelineError):
+    """The search could not produce a usable trial (too many failures in a row, none done)."""

@@ -16,3 +16,13 @@ META_FILE = "meta.json"
 def raw_dir(dataset: str) -> Path:
     """Where the download stage puts ``dataset``'s files."""
     return RAW / dataset
+
+
+MODELS = Path("models")
+TUNER_DIR = MODELS / "tuner"  # Keras Tuner's directory; DVC keeps it (persist) for resume
+TUNER_PROJECT = "search"
+TUNE_STATE = TUNER_DIR / "pipeline_state.json"
+TUNING_REPORTS = REPORTS / "tuning"
+LEADERBOARD = TUNING_REPORTS / "leaderboard.csv"
+BEST_HPARAMS = TUNING_REPORTS / "best_hparams.json"
+MLARTIFACTS = Path("mlartifacts")  # artifacts of the default SQLite store

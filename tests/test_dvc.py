@@ -77,3 +77,34 @@ def test_dvc_repro_stops_on_a_params_typo(repo):
     assert result.returncode != 0
     assert "preprocess.val_fracton: unknown key" in result.stdout + result.stderr
     assert not (repo / "data/raw/digits").exists()
+
+
+def test_dvc_repro_runs_the_tune_stage_and_keeps_its_saved_search(repo):
+    from tests.tune_helpers import write_space
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["tune"].update(
+        search_space=write_space(repo), algorithm="random", max_trials=2, max_epochs=1
+    )
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    first = _run(["dvc", "repro", "tune"], repo)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "Running stage 'tune'" in first.stdout
+    assert (repo / "reports/tuning/best_hparams.json").is_file()
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(lock["stages"]["tune"]["params"]["params.yaml"]) == {
+        "data.dataset",
+        "tune",
+        "mlflow",
+    }
+    again = _run(["dvc", "repro", "tune"], repo)
+    assert "Running stage" not in again.stdout
+
+    # More trials: the stage reruns and DVC kept models/tuner/, so the search continues.
+    params["tune"]["max_trials"] = 3
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = _run(["dvc", "repro", "tune"], repo)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert "resuming the saved search" in third.stderr
+    with open(repo / "reports/tuning/leaderboard.csv") as fh:
+        assert len(fh.read().strip().splitlines()) == 1 + 3

@@ -67,4 +67,7 @@ def classifier_head(x, num_classes: int, hp, dense_units: int | None = None):
         x = layers.Dense(dense_units, activation="relu", kernel_regularizer=l2(hp))(x)
     if dropout > 0:
         x = layers.Dropout(dropout)(x)
-    return layers.Dense(num_classes, activation="softmax", kernel_regularizer=l2(hp))(x)
+    # float32 output: under mixed precision a float16 softmax loses small probabilities.
+    return layers.Dense(
+        num_classes, activation="softmax", kernel_regularizer=l2(hp), dtype="float32"
+    )(x)

@@ -102,6 +102,7 @@ class CNNHyperModel(keras_tuner.HyperModel):
         max_params: Trials whose model has more parameters fail before training.
         total_steps: Steps per epoch x epochs of one trial, for the cosine schedule;
             when None, ``cosine`` falls back to a constant learning rate.
+        jit_compile: Passed to ``model.compile`` (``"auto"``: Keras decides).
     """
 
     def __init__(
@@ -112,6 +113,7 @@ class CNNHyperModel(keras_tuner.HyperModel):
         dataset: str | None = None,
         max_params: int | None = None,
         total_steps: int | None = None,
+        jit_compile: bool | str = "auto",
         name: str = "cnn_automl",
     ):
         super().__init__(name=name)
@@ -121,6 +123,7 @@ class CNNHyperModel(keras_tuner.HyperModel):
         self.dataset = dataset
         self.max_params = max_params
         self.total_steps = total_steps
+        self.jit_compile = jit_compile
 
     def declare_hyperparameters(self, hp: keras_tuner.HyperParameters) -> None:
         """Declare every family's hyperparameters so the oracle can sample any of them."""
@@ -167,6 +170,7 @@ class CNNHyperModel(keras_tuner.HyperModel):
             ),
             loss=classification_loss(common["label_smoothing"]),
             metrics=["accuracy"],
+            jit_compile=self.jit_compile,
         )
         return model
 

@@ -1,0 +1,196 @@
+"""Parallel tuning through Keras Tuner's chief/worker mode.
+
+The chief (``python -m pipeline tune --workers N``) holds the oracle and serves it over
+gRPC; each worker is ``python -m pipeline tune --worker`` with Keras Tuner's variables
+(``KERASTUNER_TUNER_ID``, ``KERASTUNER_ORACLE_IP``, ``KERASTUNER_ORACLE_PORT``) and asks
+it for trials. Local workers are watched: one that dies has its trial put back in the
+queue, so the chief never waits for it forever. Every worker logs its trials under the
+chief's MLflow parent run (``PIPELINE_PARENT_RUN_ID``, else found by its tags).
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent import futures
+from pathlib import Path
+
+from pipeline import tracking
+from pipeline.config import Params
+from pipeline.console import log
+from pipeline.errors import PipelineError
+from pipeline.search import load_search_space
+from pipeline.tuning import session as sessions
+
+PARENT_ENV = "PIPELINE_PARENT_RUN_ID"
+
+
+def free_port(host: str) -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _gpu_ids() -> list[str]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU")]
+
+
+class Chief:
+    """Serves the oracle and runs ``workers`` local worker processes until the search ends."""
+
+    def __init__(self, session, tuner, workers: int, host: str, port: int | None, params: str):
+        self.session, self.tuner, self.oracle = session, tuner, tuner.oracle
+        self.workers, self.host, self.params = workers, host, params
+        self.port = port or free_port(host)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.server = None
+        self.servicer = None
+
+    def start(self) -> None:
+        import grpc
+        from keras_tuner.src import protos
+        from keras_tuner.src.distribute.oracle_chief import OracleServicer
+
+        self.tuner.save()
+        self.servicer = OracleServicer(self.oracle)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max(4, self.workers)))
+        protos.get_service_grpc().add_OracleServicer_to_server(self.servicer, self.server)
+        if self.server.add_insecure_port(f"{self.host}:{self.port}") == 0:
+            raise PipelineError(f"cannot listen on {self.host}:{self.port}; pick another --port")
+        self.server.start()
+        log(f"tune: chief serving the oracle on {self.host}:{self.port}")
+        gpus = _gpu_ids()
+        connect = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        for i in range(self.workers):
+            tuner_id = f"tuner{i}"
+            env = {
+                **os.environ,
+                "KERASTUNER_TUNER_ID": tuner_id,
+                "KERASTUNER_ORACLE_IP": connect,
+                "KERASTUNER_ORACLE_PORT": str(self.port),
+                PARENT_ENV: self.session.parent_run_id,
+                "MLFLOW_TRACKING_URI": self.session.uri,
+                "PIPELINE_LOG_PREFIX": f"[{tuner_id}] ",
+            }
+            if gpus:  # one GPU per worker, round robin when there are more workers
+                env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+            cmd = [sys.executable, "-m", "pipeline", "tune", "--worker", "--params", self.params]
+            self.procs[tuner_id] = subprocess.Popen(cmd, env=env)
+        if self.workers:
+            log(f"tune: started {self.workers} worker(s)" + (f" on GPUs {gpus}" if gpus else ""))
+
+    def wait(self) -> None:
+        """Block until the search has ended and no worker holds a trial."""
+        from keras_tuner.src.distribute.oracle_chief import exit_chief
+
+        finished: set[str] = set()
+        while True:
+            time.sleep(0.5)
+            for tuner_id, proc in self.procs.items():
+                if tuner_id in finished or proc.poll() is None:
+                    continue
+                finished.add(tuner_id)
+                requeued = self.oracle.release_tuner(tuner_id)
+                if proc.returncode != 0:
+                    note = f"; its trial {requeued} goes back to the queue" if requeued else ""
+                    log(f"tune: worker {tuner_id} exited with code {proc.returncode}{note}")
+            if self.servicer.stop_triggered and exit_chief(self.oracle):
+                return
+            if self.procs and len(finished) == len(self.procs):
+                if self.oracle.failure or self.oracle.stop_reason:
+                    return
+                raise PipelineError(
+                    f"all {len(self.procs)} workers exited before the search ended; "
+                    "rerun the stage to resume it"
+                )
+
+    def stop(self) -> None:
+        """Stop the workers (they close their MLflow runs) and the server."""
+        alive = [p for p in self.procs.values() if p.poll() is None]
+        for proc in alive:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for proc in alive:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self.server is not None:
+            self.server.stop(grace=1)
+
+
+def worker_session(params: Params) -> sessions.Session:
+    """A worker's view: the chief's MLflow parent run and deadline; no state files touched."""
+    for var in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
+        if not os.environ.get(var):
+            raise PipelineError(
+                f"--worker needs {var} (and the other KERASTUNER_* variables) to reach the chief"
+            )
+    space_file = Path(params.tune.search_space)
+    space = load_search_space(space_file)
+    uri = tracking.tracking_uri(params.mlflow.tracking_uri)
+    client = tracking.client(uri)
+    exp_id = tracking.experiment_id(client, sessions.experiment_name(params))
+    parent = os.environ.get(PARENT_ENV) or _find_parent(client, exp_id)
+    deadline_tag = client.get_run(parent).data.tags.get(sessions.DEADLINE_TAG)
+    return sessions.Session(
+        params=params,
+        space=space,
+        space_file=space_file,
+        fingerprint={},
+        saved=None,
+        uri=uri,
+        client=client,
+        experiment_id=exp_id,
+        parent_run_id=parent,
+        deadline=float(deadline_tag) if deadline_tag else None,
+    )
+
+
+def _find_parent(client, exp_id: str) -> str:
+    runs = client.search_runs(
+        [exp_id],
+        filter_string=(
+            f"attributes.status = 'RUNNING' and tags.`{tracking.ROLE_TAG}` = "
+            f"'{sessions.PARENT_ROLE}'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise PipelineError(
+            f"no running tune parent run in MLflow experiment {exp_id}; start the chief first "
+            f"(or set {PARENT_ENV})"
+        )
+    return runs[0].info.run_id
+
+
+def run_worker(params: Params) -> int:
+    """Take trials from the chief until it says stop."""
+    from pipeline.tuning.data import fit_inputs, load_splits
+
+    session = worker_session(params)
+    tune = params.tune
+    splits = load_splits(max_train_samples=tune.max_train_samples, seed=tune.seed)
+    tuner = sessions.build_tuner(session, splits, worker=True)
+    try:
+        tuner.search(
+            epochs=tune.max_epochs, verbose=0, **fit_inputs(splits, tune.batch_size, tune.seed)
+        )
+    except KeyboardInterrupt:
+        tuner.abort_trial("KILLED")
+        raise
+    except BaseException:
+        tuner.abort_trial("FAILED")
+        raise
+    return 0

@@ -1,0 +1,313 @@
+"""One run of the tune stage: check the saved search, open the MLflow parent run, build
+the tuner, and write the outputs, however the search itself is run (in this process,
+or by workers through a chief).
+"""
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline import atomic, paths, tracking
+from pipeline.config import Params
+from pipeline.console import log
+from pipeline.errors import ConfigError, SearchFailedError
+from pipeline.search import SearchSpace, load_search_space
+from pipeline.tuning import state as saved_state
+
+PARENT_ROLE = "tune-parent"
+DEADLINE_TAG = "pipeline.deadline"
+
+
+def configure_environment() -> None:
+    """Before Keras loads: GPU memory on demand, so several workers can share one GPU host."""
+    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def gpu_count() -> int:
+    """GPUs the Keras backend can see."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return len(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return sum(d.platform == "gpu" for d in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.device_count()
+    return 0
+
+
+def resolve_switch(value, auto: bool) -> bool:
+    """``tune.mixed_precision``-style switch: True, False, or ``auto``."""
+    return auto if value == "auto" else bool(value)
+
+
+@dataclass
+class Session:
+    """Everything a search run needs, and what it has to clean up."""
+
+    params: Params
+    space: SearchSpace
+    space_file: Path
+    fingerprint: dict
+    saved: dict | None
+    uri: str
+    client: object
+    experiment_id: str
+    parent_run_id: str
+    deadline: float | None
+    started: float = field(default_factory=time.monotonic)
+    spent_before: float = 0.0
+
+    @property
+    def tune(self):
+        return self.params.tune
+
+    @property
+    def dataset(self) -> str:
+        return self.params.data.dataset
+
+    def save_state(self) -> None:
+        """Record the fingerprint, the parent run and the budget spent so far."""
+        saved_state.save(
+            {
+                "fingerprint": self.fingerprint,
+                "parent_run_id": self.parent_run_id,
+                "experiment_id": self.experiment_id,
+                "tracking_uri": self.uri,
+                "spent_s": round(self.spent_before + time.monotonic() - self.started, 1),
+            }
+        )
+
+    def end_parent(self, status: str) -> None:
+        """Close the parent run with ``status`` and save the state for a resume."""
+        self.save_state()
+        self.client.set_terminated(self.parent_run_id, status=status)
+
+
+def experiment_name(params: Params) -> str:
+    """The MLflow experiment: ``mlflow.experiment_name``, else the dataset's name."""
+    return params.mlflow.experiment_name or params.data.dataset
+
+
+def open_session(params: Params) -> Session:
+    """Validate everything that can be checked cheaply, then attach to MLflow."""
+    tune = params.tune
+    space_file = Path(tune.search_space)
+    space = load_search_space(space_file)
+    meta_file = paths.PROCESSED / paths.META_FILE
+    from pipeline.tuning.data import load_meta
+
+    meta = load_meta()
+    if meta.get("dataset") != params.data.dataset:
+        raise ConfigError(
+            f"{meta_file} is for {meta.get('dataset')!r} but data.dataset is "
+            f"{params.data.dataset!r}; run the preprocess stage (or `dvc repro`)"
+        )
+    data = tracking.data_tags(meta_file)
+    fingerprint = saved_state.fingerprint(tune, space_file, data["data.sha256"])
+    if not tune.resume:
+        saved_state.wipe()
+    saved = saved_state.load()
+    if saved is not None:
+        saved_state.check_same_search(saved, fingerprint)
+        saved_state.check_whole()
+
+    uri = tracking.tracking_uri(params.mlflow.tracking_uri)
+    client = tracking.client(uri)
+    exp_id = tracking.experiment_id(client, experiment_name(params))
+    tracking.mark_orphans_killed(client, exp_id)
+
+    spent = float(saved.get("spent_s", 0.0)) if saved else 0.0
+    deadline = None
+    if tune.time_budget_minutes is not None:
+        deadline = time.time() + max(0.0, tune.time_budget_minutes * 60 - spent)
+
+    parent = _reattach(client, saved) if saved else None
+    if parent is None:
+        tags = {
+            "git_commit": tracking.git_commit(),
+            "search_space": str(space_file),
+            **data,
+            **tracking.process_tags(PARENT_ROLE),
+        }
+        run = client.create_run(exp_id, run_name=f"tune-{tune.algorithm}", tags=tags)
+        parent = run.info.run_id
+        settings = {f"tune.{k}": v for k, v in tune.model_dump(mode="json").items()}
+        settings["search_space_sha256"] = fingerprint["search_space_sha256"]
+        client.log_batch(parent, params=tracking.params_list(settings))
+        log(f"tune: MLflow parent run {parent} in experiment {experiment_name(params)!r} ({uri})")
+    else:
+        for key, value in tracking.process_tags(PARENT_ROLE).items():
+            client.set_tag(parent, key, value)
+        client.set_tag(parent, "resumed", "true")
+        log(f"tune: resuming the saved search; MLflow parent run {parent} re-attached")
+    if deadline is not None:
+        client.set_tag(parent, DEADLINE_TAG, f"{deadline:.3f}")
+    session = Session(
+        params=params,
+        space=space,
+        space_file=space_file,
+        fingerprint=fingerprint,
+        saved=saved,
+        uri=uri,
+        client=client,
+        experiment_id=exp_id,
+        parent_run_id=parent,
+        deadline=deadline,
+        spent_before=spent,
+    )
+    session.save_state()
+    return session
+
+
+def _reattach(client, saved: dict) -> str | None:
+    run_id = saved.get("parent_run_id")
+    if not run_id:
+        return None
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # another tracking store, or the run was deleted
+        log(f"tune: saved parent run {run_id} is not in this MLflow store; starting a new one")
+        return None
+    if run.info.lifecycle_stage == "deleted":
+        return None
+    client.update_run(run_id, status="RUNNING")
+    return run_id
+
+
+def build_tuner(session: Session, splits, worker: bool = False):
+    """The hypermodel, oracle and tuner for this session (reloading a saved search)."""
+    import keras
+
+    from pipeline.search.hypermodel import CNNHyperModel
+    from pipeline.tuning.data import steps_per_epoch
+    from pipeline.tuning.oracles import make_oracle
+    from pipeline.tuning.tuner import TUNER_CLASSES
+
+    tune = session.tune
+    gpus = gpu_count()
+    mixed = resolve_switch(tune.mixed_precision, auto=gpus > 0)
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    jit = "auto" if tune.jit_compile == "auto" else bool(tune.jit_compile)
+    if not worker:
+        log(
+            f"tune: backend {keras.backend.backend()}, {gpus} GPU(s), "
+            f"mixed precision {'on' if mixed else 'off'}, jit_compile {jit}"
+        )
+    hypermodel = CNNHyperModel(
+        session.space,
+        splits.input_shape,
+        splits.num_classes,
+        dataset=session.dataset,
+        max_params=tune.max_params,
+        total_steps=steps_per_epoch(len(splits.y_train), tune.batch_size) * tune.max_epochs,
+        jit_compile=jit,
+    )
+    oracle = make_oracle(tune, session.deadline)
+    cls = TUNER_CLASSES[tune.algorithm]
+    tuner = cls(
+        hypermodel,
+        oracle,
+        mlflow_client=session.client,
+        experiment_id=session.experiment_id,
+        parent_run_id=session.parent_run_id,
+        deadline=session.deadline,
+        patience=tune.early_stopping_patience,
+        seed=tune.seed,
+        max_trials=tune.max_trials,
+        directory=str(paths.TUNER_DIR),
+        project_name=paths.TUNER_PROJECT,
+        executions_per_trial=tune.executions_per_trial,
+        overwrite=False,
+    )
+    return tuner
+
+
+def trial_run_ids(session: Session) -> dict[str, str]:
+    """trial id -> its MLflow run (a FINISHED attempt over earlier killed ones)."""
+    runs = session.client.search_runs(
+        [session.experiment_id],
+        filter_string=f"tags.`{tracking.PARENT_TAG}` = '{session.parent_run_id}'",
+        max_results=10000,
+    )
+    rank = {"FINISHED": 2, "FAILED": 1}
+    best: dict[str, tuple] = {}
+    for run in runs:
+        trial_id = run.data.tags.get("trial_id")
+        if trial_id is None:
+            continue
+        key = (rank.get(run.info.status, 0), run.info.start_time or 0)
+        if trial_id not in best or key > best[trial_id][0]:
+            best[trial_id] = (key, run.info.run_id)
+    return {trial_id: run_id for trial_id, (_, run_id) in best.items()}
+
+
+def finish(session: Session, oracle, splits_meta: dict) -> int:
+    """Write the leaderboard and best hparams, log them to the parent run, close it."""
+    from pipeline.tuning import outputs
+
+    run_ids = trial_run_ids(session)
+    rows = outputs.leaderboard(oracle, run_ids)
+    outputs.write_leaderboard(rows)
+    context = {
+        "dataset": session.dataset,
+        "input_shape": list(splits_meta["input_shape"]),
+        "num_classes": splits_meta["num_classes"],
+        "class_names": splits_meta.get("class_names"),
+        "search_space": str(session.space_file),
+        "search_space_sha256": session.fingerprint["search_space_sha256"],
+        "data_sha256": session.fingerprint["data_sha256"],
+        "mlflow_parent_run_id": session.parent_run_id,
+        "mlflow_experiment_id": session.experiment_id,
+    }
+    best = outputs.best_hparams(oracle, run_ids, context)
+    completed = sum(r["status"] == "COMPLETED" for r in rows)
+    failed = sum(r["status"] in ("FAILED", "INVALID") for r in rows)
+    client, parent = session.client, session.parent_run_id
+    client.log_artifact(parent, str(paths.LEADERBOARD), "tuning")
+    metrics = {"trials_completed": completed, "trials_failed": failed}
+    if best is not None:
+        atomic.write_json(paths.BEST_HPARAMS, best)
+        client.log_artifact(parent, str(paths.BEST_HPARAMS), "tuning")
+        metrics["best_val_accuracy"] = best["val_accuracy"]
+        client.set_tag(parent, "best_family", str(best["family"]))
+        client.set_tag(parent, "best_trial_id", str(best["trial_id"]))
+    tracking.log_metrics(client, parent, metrics)
+    reason = oracle.stop_reason or "all trials done"
+    if oracle.failure:
+        session.end_parent("FAILED")
+        raise SearchFailedError(
+            f"search stopped: {oracle.failure} (tune.max_consecutive_failed_trials="
+            f"{session.tune.max_consecutive_failed_trials}); the last error: "
+            f"{_last_failure(rows, oracle)}; see {paths.LEADERBOARD} and the FAILED runs in MLflow"
+        )
+    if best is None:
+        session.end_parent("FAILED")
+        raise SearchFailedError(
+            f"no trial completed ({failed} failed, stop: {reason}); see {paths.LEADERBOARD}; "
+            "raise tune.time_budget_minutes or tune.max_params, or check the failed runs"
+        )
+    session.end_parent("FINISHED")
+    log(
+        f"tune: {completed} trial(s) completed, {failed} failed ({reason}); best: trial "
+        f"{best['trial_id']} {best['family']} val_accuracy={best['val_accuracy']:.4f}; "
+        f"wrote {paths.LEADERBOARD} and {paths.BEST_HPARAMS}"
+    )
+    return 0
+
+
+def _last_failure(rows: list[dict], oracle) -> str:
+    from pipeline.tuning.tuner import last_line
+
+    failed = [oracle.trials[t] for t in oracle.end_order if oracle.trials[t].message]
+    return last_line(failed[-1].message) if failed else "unknown"

@@ -1,0 +1,268 @@
+"""Keras Tuner's tuners with every trial recorded in MLflow and a line on the console.
+
+Each trial is a nested MLflow run under the search's parent run: its active
+hyperparameters as params, per-epoch metrics, parameter count, wall time and status
+(FAILED with the traceback as an artifact). Per trial the tuner also adds early
+stopping, a NaN guard and the time-budget stop to the trial's callbacks.
+"""
+
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import keras
+import keras_tuner
+import numpy as np
+from keras_tuner.src.engine import trial as trial_module
+
+from pipeline import atomic, tracking
+from pipeline.console import log
+from pipeline.search.hypermodel import active_values
+
+TRIAL_ROLE = "tune-trial"
+STATUS_TAG = "trial_status"
+
+
+def trial_params(hp_values: dict) -> dict:
+    """The hyperparameters worth logging: Keras Tuner's own ``tuner/*`` bookkeeping aside."""
+    return {k: v for k, v in hp_values.items() if not k.startswith("tuner/")}
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Logs each epoch's loss, accuracy, val_loss, val_accuracy and learning rate."""
+
+    def __init__(self, mlflow_client, run_id: str):
+        super().__init__()
+        self.client, self.run_id = mlflow_client, run_id
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = {k: v for k, v in (logs or {}).items() if np.isscalar(v) or np.ndim(v) == 0}
+        metrics = {k: float(v) for k, v in metrics.items()}
+        if "learning_rate" not in metrics:
+            lr = self.model.optimizer.learning_rate
+            metrics["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+        tracking.log_metrics(self.client, self.run_id, metrics, step=epoch)
+
+
+class DeadlineStop(keras.callbacks.Callback):
+    """Stops training at the end of the epoch that crosses the deadline."""
+
+    def __init__(self, deadline: float | None):
+        super().__init__()
+        self.deadline = deadline
+        self.fired = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.deadline is not None and time.time() >= self.deadline:
+            self.fired = True
+            self.model.stop_training = True
+
+
+class NanLossError(ValueError):
+    """The loss became NaN or infinite; Keras Tuner marks the trial INVALID (retried)."""
+
+
+class PipelineTunerMixin:
+    """Mixed in before one of Keras Tuner's tuner classes (Hyperband, RandomSearch, ...).
+
+    Args:
+        hypermodel, oracle: As for ``keras_tuner.Tuner``.
+        mlflow_client, experiment_id, parent_run_id: Where trials are logged.
+        deadline: ``time.time()`` value of the budget's end, or None.
+        patience: Early stopping patience in epochs (None: off).
+        seed: Base seed; trial ``n`` trains with ``seed + n``.
+        max_trials: For the console's ``n/N``.
+    """
+
+    def __init__(
+        self,
+        hypermodel,
+        oracle,
+        *,
+        mlflow_client,
+        experiment_id: str,
+        parent_run_id: str,
+        deadline: float | None,
+        patience: int | None,
+        seed: int,
+        max_trials: int,
+        **kwargs,
+    ):
+        self.mlflow = mlflow_client
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.deadline = deadline
+        self.patience = patience
+        self.seed = seed
+        self.max_trials = max_trials
+        self.current_run_id: str | None = None
+        self._trial_start = 0.0
+        self._params_count: int | None = None
+        self._deadline_stops: list[DeadlineStop] = []
+        self._result: dict | None = None
+        keras_tuner.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
+
+    # -- a trial's life -------------------------------------------------------------------
+    def on_trial_begin(self, trial):
+        super().on_trial_begin(trial)
+        self._trial_start = time.monotonic()
+        self._params_count = None
+        self._deadline_stops = []
+        self._result = None
+        number = _trial_number(trial.trial_id)
+        keras.utils.set_random_seed(self.seed + number)
+        values = trial.hyperparameters.values
+        tags = {
+            tracking.PARENT_TAG: self.parent_run_id,
+            "trial_id": str(trial.trial_id),
+            "family": str(values.get("family")),
+            "optimizer": str(values.get("optimizer")),
+            **tracking.process_tags(TRIAL_ROLE),
+        }
+        tags.update({k: str(v) for k, v in values.items() if k.startswith("tuner/")})
+        run = self.mlflow.create_run(
+            self.experiment_id, run_name=f"trial-{trial.trial_id}", tags=tags
+        )
+        self.current_run_id = run.info.run_id
+        params = trial_params(active_values(trial.hyperparameters))
+        self.mlflow.log_batch(self.current_run_id, params=tracking.params_list(params))
+
+    def _try_build(self, hp):
+        model = super()._try_build(hp)
+        self._params_count = int(model.count_params())
+        return model
+
+    def _build_and_fit_model(self, trial, *args, **kwargs):
+        stop = DeadlineStop(self.deadline)
+        self._deadline_stops.append(stop)
+        callbacks = list(kwargs.pop("callbacks", []))
+        callbacks += [keras.callbacks.TerminateOnNaN(), stop]
+        if self.current_run_id is not None:
+            callbacks.append(EpochLogger(self.mlflow, self.current_run_id))
+        if self.patience:
+            # Hyperband already cuts weak trials; this stops a trial that has stalled.
+            callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor="val_accuracy", mode="max", patience=self.patience
+                )
+            )
+        return super()._build_and_fit_model(trial, *args, callbacks=callbacks, **kwargs)
+
+    def run_trial(self, trial, *args, **kwargs):
+        histories = super().run_trial(trial, *args, **kwargs)
+        scores, epochs = [], 0
+        for history in histories:
+            losses = history.history.get("loss", [])
+            if any(not math.isfinite(v) for v in losses):
+                raise NanLossError(
+                    f"loss became {losses[-1]} at epoch {history.epoch[-1] + 1}; "
+                    "the learning rate is probably too high for this model"
+                )
+            scores.append(max(history.history["val_accuracy"]))
+            epochs += len(history.epoch)
+        # Returned to the oracle (in parallel tuning, over RPC): the leaderboard's columns.
+        self._result = {
+            "val_accuracy": float(np.mean(scores)),
+            "params": float(self._params_count or 0),
+            "epochs": float(epochs),
+            "seconds": time.monotonic() - self._trial_start,
+        }
+        return dict(self._result)
+
+    def on_trial_end(self, trial):
+        seconds = time.monotonic() - self._trial_start
+        self._close_trial_run(trial, seconds)
+        super().on_trial_end(trial)
+        self._print_line(trial, seconds)
+
+    def _close_trial_run(self, trial, seconds: float) -> None:
+        run_id, self.current_run_id = self.current_run_id, None
+        if run_id is None:
+            return
+        status = trial.status
+        metrics = {"wall_time_s": seconds}
+        if self._params_count is not None:
+            metrics["params"] = self._params_count
+        if self._result is not None:
+            metrics["best_val_accuracy"] = self._result["val_accuracy"]
+            metrics["epochs"] = self._result["epochs"]
+        tracking.log_metrics(self.mlflow, run_id, metrics)
+        tags = {STATUS_TAG: status}
+        if any(s.fired for s in self._deadline_stops):
+            tags["stopped_by_time_budget"] = "true"
+        for key, value in tags.items():
+            self.mlflow.set_tag(run_id, key, value)
+        if status == trial_module.TrialStatus.COMPLETED:
+            self.mlflow.set_terminated(run_id, status="FINISHED")
+            return
+        self.mlflow.log_text(run_id, trial.message or "(no message)", "traceback.txt")
+        self.mlflow.set_terminated(run_id, status="FAILED")
+
+    def abort_trial(self, status: str = "KILLED") -> None:
+        """Close the running trial's MLflow run (on SIGINT/SIGTERM)."""
+        run_id, self.current_run_id = self.current_run_id, None
+        if run_id is not None:
+            self.mlflow.set_tag(run_id, STATUS_TAG, "INTERRUPTED")
+            self.mlflow.set_terminated(run_id, status=status)
+
+    def _print_line(self, trial, seconds: float) -> None:
+        values = trial.hyperparameters.values
+        head = (
+            f"trial {_trial_number(trial.trial_id) + 1}/{self.max_trials} "
+            f"{values.get('family', '?'):<10} {values.get('optimizer', '?'):<7}"
+        )
+        if trial.status == trial_module.TrialStatus.COMPLETED and self._result is not None:
+            outcome = f"val_accuracy={self._result['val_accuracy']:.4f}"
+        else:
+            outcome = f"{trial.status}: {last_line(trial.message)}"
+        best = self.oracle.get_best_trials(1)
+        best_score = best[0].score if best and best[0].score is not None else None
+        line = f"{head} {outcome}  {seconds:.1f}s  best={_fmt(best_score)}"
+        if self.deadline is not None:
+            line += f"  budget left {_duration(max(0.0, self.deadline - time.time()))}"
+        log(line)
+
+    # -- state files: temp file + rename ----------------------------------------------------
+    def save(self):
+        if not self._is_worker():
+            self.oracle.save()
+        atomic.write_text(Path(self._get_tuner_fname()), json.dumps(self.get_state()))
+
+
+def _trial_number(trial_id) -> int:
+    try:
+        return int(trial_id)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _fmt(score) -> str:
+    return "-" if score is None else f"{score:.4f}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s"
+
+
+def last_line(message: str | None) -> str:
+    """The last non-empty line of a traceback: the exception and its message."""
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    if not lines:
+        return "unknown error"
+    # "keras_tuner.src.errors.FailedTrialError: ..." -> "FailedTrialError: ..."
+    return re.sub(r"^(?:\w+\.)+(\w+:)", r"\1", lines[-1])
+
+
+_BASES = {
+    "hyperband": keras_tuner.Hyperband,
+    "random": keras_tuner.RandomSearch,
+    "bayesian": keras_tuner.BayesianOptimization,
+    "grid": keras_tuner.GridSearch,
+}
+TUNER_CLASSES = {
+    name: type(f"Pipeline{base.__name__}", (PipelineTunerMixin, base), {})
+    for name, base in _BASES.items()
+}

@@ -1,0 +1,222 @@
+"""The tune stage on digits, in this process: MLflow per trial, outputs, budget, failures,
+and the guards on a saved search. Kill/resume and parallel workers are in
+test_tune_processes.py (slow)."""
+
+import json
+
+import pytest
+import yaml
+
+from pipeline import download, preprocess
+from pipeline.errors import SearchFailedError, TuneStateError
+from pipeline.tune import main as tune_main
+from tests.tune_helpers import (
+    TINY_SPACE,
+    copy_processed,
+    mlflow_client,
+    parent_and_trials,
+    read_best,
+    read_leaderboard,
+    tune_params,
+)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory, monkeypatch_module):
+    """Download and preprocess digits once; tests copy data/processed/."""
+    root = tmp_path_factory.mktemp("digits")
+    monkeypatch_module.chdir(root)
+    (root / "params.yaml").write_text(yaml.safe_dump({"data": {"dataset": "digits"}}))
+    assert download.main([]) == 0
+    assert preprocess.main([]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+@pytest.fixture
+def tuned(digits, project):
+    """A project with digits prepared; ``tuned.run(**tune)`` runs the stage in-process."""
+    copy_processed(digits, project.path)
+
+    class Tuned:
+        root = project.path
+
+        @staticmethod
+        def run(**tune):
+            tune_params(project.path, **tune)
+            return tune_main(["--params", "params.yaml"])
+
+    return Tuned
+
+
+def test_search_records_every_trial_in_mlflow_and_writes_the_leaderboard(tuned):
+    assert tuned.run(max_trials=3) == 0
+    client = mlflow_client(tuned.root)
+    parents, trials = parent_and_trials(client)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.data.params["tune.algorithm"] == "random"
+    assert len(parent.data.params["search_space_sha256"]) == 64
+    assert parent.data.tags["data.dataset"] == "digits"
+    assert parent.data.tags["git_commit"]
+    assert len(trials) == 3
+    for run in trials:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        family = run.data.params["family"]
+        # Only the trial's own family's hyperparameters are params.
+        own = {k.split("/")[0] for k in run.data.params if "/" in k}
+        assert own == {family}
+        assert {"optimizer", "learning_rate", "dropout"} <= set(run.data.params)
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert [m.step for m in history] == [0]
+        for metric in ("loss", "accuracy", "val_loss", "learning_rate"):
+            assert client.get_metric_history(run.info.run_id, metric)
+        assert run.data.metrics["params"] > 0 and run.data.metrics["wall_time_s"] > 0
+
+    board = read_leaderboard(tuned.root)
+    assert sorted(r["trial_id"] for r in board) == ["0", "1", "2"]
+    by_run = {r.info.run_id: r for r in trials}
+    for row in board:
+        run = by_run[row["mlflow_run_id"]]
+        assert row["trial_id"] == run.data.tags["trial_id"]
+        assert row["family"] == run.data.params["family"]
+        assert float(row["val_accuracy"]) == pytest.approx(run.data.metrics["val_accuracy"])
+        assert int(row["params"]) == run.data.metrics["params"]
+        assert row["status"] == "COMPLETED" and row["epochs"] == "1"
+    scores = [float(r["val_accuracy"]) for r in board]
+    assert scores == sorted(scores, reverse=True)
+
+    best = read_best(tuned.root)
+    assert best["trial_id"] == board[0]["trial_id"]
+    assert best["val_accuracy"] == pytest.approx(scores[0])
+    assert best["hyperparameters"]["family"] == best["family"]
+    assert best["num_classes"] == 10 and best["input_shape"] == [8, 8, 1]
+    assert best["mlflow_parent_run_id"] == parent.info.run_id
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "tuning")}
+    assert artifacts == {"tuning/leaderboard.csv", "tuning/best_hparams.json"}
+
+
+def test_rerun_of_a_finished_search_reattaches_and_adds_nothing(tuned, capsys):
+    assert tuned.run(max_trials=2) == 0
+    assert tuned.run(max_trials=2) == 0
+    assert "resuming the saved search" in capsys.readouterr().err
+    parents, trials = parent_and_trials(mlflow_client(tuned.root))
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(trials) == 2
+
+
+def test_raising_max_trials_extends_the_same_search(tuned):
+    assert tuned.run(max_trials=1) == 0
+    assert tuned.run(max_trials=3) == 0
+    parents, trials = parent_and_trials(mlflow_client(tuned.root))
+    assert len(parents) == 1
+    assert sorted(r.data.tags["trial_id"] for r in trials) == ["0", "1", "2"]
+
+
+def test_models_over_max_params_fail_and_end_the_stage_after_the_limit(tuned, capsys):
+    with pytest.raises(SearchFailedError, match="consecutive failures") as err:
+        tuned.run(max_trials=5, max_params=10, max_consecutive_failed_trials=2)
+    assert "max_params=10" in str(err.value)
+    assert "\n" not in str(err.value)
+    client = mlflow_client(tuned.root)
+    parents, trials = parent_and_trials(client)
+    assert parents[0].info.status == "FAILED"
+    assert len(trials) == 2 and all(r.info.status == "FAILED" for r in trials)
+    for run in trials:
+        text = client.download_artifacts(run.info.run_id, "traceback.txt")
+        assert "more than max_params=10" in open(text).read()
+        assert run.data.tags["trial_status"] == "FAILED"
+    board = read_leaderboard(tuned.root)
+    assert [r["status"] for r in board] == ["FAILED", "FAILED"]
+    assert "FAILED: FailedTrialError" in capsys.readouterr().err
+
+
+def test_nan_loss_marks_the_trial_invalid_and_it_is_retried(tuned):
+    space = json.loads(json.dumps(TINY_SPACE))
+    space["families"] = {"mlp": TINY_SPACE["families"]["mlp"]}
+    space["optimizer"]["name"] = {"type": "choice", "values": ["sgd"], "default": "sgd"}
+    space["optimizer"]["learning_rate"] = {"type": "choice", "values": [1.0e6], "default": 1.0e6}
+    with pytest.raises(SearchFailedError, match="no trial completed"):
+        tuned.run(space=space, max_trials=1, max_retries_per_trial=1)
+    _, trials = parent_and_trials(mlflow_client(tuned.root))
+    # One trial, run twice (the retry), both attempts FAILED runs tagged INVALID.
+    assert len(trials) == 2
+    assert {r.data.tags["trial_id"] for r in trials} == {"0"}
+    assert all(r.data.tags["trial_status"] == "INVALID" for r in trials)
+    assert read_leaderboard(tuned.root)[0]["status"] == "FAILED"
+
+
+def test_a_tiny_time_budget_stops_early_and_still_writes_outputs(tuned, capsys):
+    assert tuned.run(max_trials=10, max_epochs=5, time_budget_minutes=0.0001) == 0
+    client = mlflow_client(tuned.root)
+    _, trials = parent_and_trials(client)
+    # The first trial starts, stops at the end of its first epoch; no other starts.
+    assert len(trials) == 1
+    assert trials[0].info.status == "FINISHED"
+    assert trials[0].data.tags["stopped_by_time_budget"] == "true"
+    assert len(client.get_metric_history(trials[0].info.run_id, "val_accuracy")) == 1
+    assert len(read_leaderboard(tuned.root)) == 1
+    assert read_best(tuned.root)["epochs"] == 1
+    assert "time budget spent" in capsys.readouterr().err
+
+
+def test_changed_settings_refuse_to_resume_until_resume_is_false(tuned):
+    assert tuned.run(max_trials=1) == 0
+    with pytest.raises(TuneStateError, match=r"tune.algorithm 'random' -> 'bayesian'.*resume"):
+        tuned.run(max_trials=1, algorithm="bayesian")
+    space = json.loads(json.dumps(TINY_SPACE))
+    space["common"]["dropout"]["max"] = 0.2
+    with pytest.raises(TuneStateError, match="search-space file changed"):
+        tuned.run(space=space, max_trials=1)
+    # resume: false starts over: a new parent run, the old one kept in MLflow.
+    assert tuned.run(space=space, max_trials=1, resume=False) == 0
+    parents, _ = parent_and_trials(mlflow_client(tuned.root))
+    assert len(parents) == 2
+
+
+def test_a_torn_state_file_is_an_error_and_nothing_is_wiped(tuned):
+    assert tuned.run(max_trials=1) == 0
+    oracle = tuned.root / "models" / "tuner" / "search" / "oracle.json"
+    oracle.write_text(oracle.read_text()[:40])
+    with pytest.raises(TuneStateError, match=r"oracle.json: not valid JSON.*resume: false"):
+        tuned.run(max_trials=1)
+    assert (tuned.root / "models" / "tuner" / "search" / "trial_0" / "trial.json").exists()
+    oracle.write_text("")
+    with pytest.raises(TuneStateError, match="oracle.json: empty"):
+        tuned.run(max_trials=1)
+
+
+def test_orphaned_running_runs_of_dead_processes_are_marked_killed(tuned):
+    assert tuned.run(max_trials=1) == 0
+    client = mlflow_client(tuned.root)
+    exp = client.get_experiment_by_name("digits").experiment_id
+    import socket
+
+    dead = client.create_run(
+        exp, tags={"pipeline.host": socket.gethostname(), "pipeline.pid": "999999"}
+    )
+    other_host = client.create_run(exp, tags={"pipeline.host": "elsewhere", "pipeline.pid": "1"})
+    assert tuned.run(max_trials=1) == 0
+    assert client.get_run(dead.info.run_id).info.status == "KILLED"
+    assert client.get_run(other_host.info.run_id).info.status == "RUNNING"
+
+
+def test_experiment_name_and_tracking_uri_come_from_params_or_the_environment(
+    tuned, monkeypatch, tmp_path
+):
+    env_db = tmp_path / "env.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{env_db}")
+    mlflow_params = {"experiment_name": "my-search", "tracking_uri": "sqlite:///other.db"}
+    tune_params(tuned.root, mlflow=mlflow_params, max_trials=1)
+    assert tune_main(["--params", "params.yaml"]) == 0
+    assert env_db.exists() and not (tuned.root / "other.db").exists()
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{env_db}")
+    assert client.get_experiment_by_name("my-search") is not None
