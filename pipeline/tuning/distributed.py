@@ -104,6 +104,8 @@ class Chief:
                 if proc.returncode != 0:
                     note = f"; its trial {requeued} goes back to the queue" if requeued else ""
                     log(f"tune: worker {tuner_id} exited with code {proc.returncode}{note}")
+                    # A killed worker could not close its trial's run.
+                    tracking.mark_orphans_killed(self.session.client, self.session.experiment_id)
             if self.servicer.stop_triggered and exit_chief(self.oracle):
                 return
             if self.procs and len(finished) == len(self.procs):

@@ -1,0 +1,247 @@
+"""The tune stage as separate processes: SIGKILL and SIGTERM then resume, and parallel
+workers (chief + workers, an `mlflow server`, a worker that dies). Slow: each test
+starts several Python processes that import TensorFlow."""
+
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, run_cli
+from tests.tune_helpers import (
+    all_runs,
+    mlflow_client,
+    parent_and_trials,
+    read_leaderboard,
+    saved_trials,
+    tune_params,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    (root / "params.yaml").write_text(yaml.safe_dump({"data": {"dataset": "digits"}}))
+    for stage in ("download", "preprocess"):
+        result = run_cli(stage, cwd=root)
+        assert result.returncode == 0, result.stderr
+    return root
+
+
+@pytest.fixture
+def proj(digits, tmp_path):
+    root = tmp_path / "proj"
+    shutil.copytree(digits / "data" / "processed", root / "data" / "processed")
+    return root
+
+
+class Stage:
+    """``python -m pipeline tune`` in the background, its stderr read line by line."""
+
+    def __init__(self, root: Path, *args: str, env: dict | None = None):
+        self.lines: list[str] = []
+        self._queue: queue.Queue = queue.Queue()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "tune", *args],
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            self._queue.put(line)
+
+    def wait_for(self, pattern: str, timeout: float = 240) -> str:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                line = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                if self.proc.poll() is not None and self._queue.empty():
+                    break
+                continue
+            self.lines.append(line)
+            if re.search(pattern, line):
+                return line
+        raise AssertionError(f"no line matching {pattern!r}; got:\n{''.join(self.lines)}")
+
+    def finish(self, timeout: float = 300) -> int:
+        code = self.proc.wait(timeout=timeout)
+        time.sleep(0.2)
+        while not self._queue.empty():
+            self.lines.append(self._queue.get())
+        return code
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+# Slower trials (small batches, several epochs) so a signal lands inside one.
+SLOW_TRIALS = {"max_epochs": 4, "batch_size": 8}
+
+
+def _completed_ids(root: Path) -> set[str]:
+    return {t for t, s in saved_trials(root).items() if s["status"] == "COMPLETED"}
+
+
+def test_sigkill_then_rerun_resumes_without_losing_or_repeating_trials(proj):
+    tune_params(proj, max_trials=4, **SLOW_TRIALS)
+    first = Stage(proj)
+    first.wait_for(r"^trial 1/4 ")
+    done_before = _completed_ids(proj)
+    first.proc.send_signal(signal.SIGKILL)
+    first.finish()
+    assert done_before and len(done_before) < 4
+
+    second = run_cli("tune", cwd=proj, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert "resuming the saved search" in second.stderr
+    assert "marked" in second.stderr and "KILLED" in second.stderr  # the orphans
+
+    trials = saved_trials(proj)
+    assert sorted(trials) == ["0", "1", "2", "3"]
+    assert all(t["status"] == "COMPLETED" for t in trials.values())
+    client = mlflow_client(proj)
+    parents, runs = parent_and_trials(client)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    finished = [r.data.tags["trial_id"] for r in runs if r.info.status == "FINISHED"]
+    assert sorted(finished) == ["0", "1", "2", "3"]  # each exactly once
+    for trial_id in done_before:  # completed before the kill: kept, not trained again
+        assert [r.data.tags["trial_id"] for r in runs].count(trial_id) == 1
+    assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]
+    assert len(read_leaderboard(proj)) == 4
+
+
+def test_sigterm_ends_runs_killed_and_the_search_resumes(proj):
+    tune_params(proj, max_trials=3, **SLOW_TRIALS)
+    first = Stage(proj)
+    first.wait_for(r"^trial 1/3 ")
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.finish() == 130
+    assert "interrupted" in first.text
+    client = mlflow_client(proj)
+    parents, runs = parent_and_trials(client)
+    assert parents[0].info.status == "KILLED"
+    assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]
+    interrupted = [r for r in runs if r.info.status == "KILLED"]
+    assert all(r.data.tags["trial_status"] == "INTERRUPTED" for r in interrupted)
+
+    second = run_cli("tune", cwd=proj, timeout=600)
+    assert second.returncode == 0, second.stderr
+    parents, runs = parent_and_trials(client)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    finished = sorted(r.data.tags["trial_id"] for r in runs if r.info.status == "FINISHED")
+    assert finished == ["0", "1", "2"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on a free loopback port with a SQLite backend."""
+    port = _free_port()
+    store = tmp_path / "server"
+    store.mkdir()
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+            "--artifacts-destination", str(store / "artifacts"),
+            "--workers", "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    end = time.monotonic() + 120
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _worker_pids() -> dict[str, int]:
+    """Live `pipeline tune --worker` processes: tuner id -> pid."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--worker" not in cmdline or b"pipeline" not in cmdline:
+            continue
+        for item in environ:
+            if item.startswith(b"KERASTUNER_TUNER_ID="):
+                found[item.split(b"=", 1)[1].decode()] = int(proc.name)
+    return found
+
+
+def test_chief_and_two_workers_log_every_trial_under_one_parent_run(proj, mlflow_server):
+    tune_params(proj, max_trials=4, max_epochs=2)
+    before = set(_worker_pids().values())
+    stage = Stage(proj, "--workers", "2", env={"MLFLOW_TRACKING_URI": mlflow_server})
+    assert stage.finish(timeout=600) == 0, stage.text
+    assert "chief serving the oracle" in stage.text
+    assert re.search(r"^\[tuner0\] trial", stage.text, re.M)
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    parents, runs = parent_and_trials(client)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(runs) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}
+    assert sorted(r.data.tags["trial_id"] for r in runs) == ["0", "1", "2", "3"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert len({r.data.tags["pipeline.pid"] for r in runs}) == 2  # both workers took trials
+    assert len(read_leaderboard(proj)) == 4
+    assert set(_worker_pids().values()) <= before  # every worker has exited
+
+
+def test_a_worker_that_dies_does_not_hang_the_chief(proj):
+    tune_params(proj, max_trials=4, **SLOW_TRIALS)
+    stage = Stage(proj, "--workers", "2")
+    stage.wait_for(r"^\[tuner\d\] trial 1/4 |^\[tuner\d\] trial \d/4 ")
+    pids = _worker_pids()
+    os.kill(pids["tuner0"], signal.SIGKILL)
+    assert stage.finish(timeout=600) == 0, stage.text
+    assert "worker tuner0 exited with code -9" in stage.text
+    assert sorted(_completed_ids(proj)) == ["0", "1", "2", "3"]
+    client = mlflow_client(proj)
+    assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]
