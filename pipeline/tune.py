@@ -25,13 +25,18 @@ def parse_args(argv):
         "this process serving the oracle; 0 (default): trials run in this process",
     )
     parser.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="with --workers: address the oracle listens on (0.0.0.0 for workers on other "
-        "hosts; default %(default)s)",
+        "--chief",
+        action="store_true",
+        help="serve the oracle for workers on other hosts (implied by --workers)",
     )
     parser.add_argument(
-        "--port", type=int, default=None, help="with --workers: oracle port (default: a free one)"
+        "--host",
+        default="127.0.0.1",
+        help="chief: address the oracle listens on (0.0.0.0 for workers on other hosts; "
+        "default %(default)s)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=None, help="chief: oracle port (default: a free one)"
     )
     parser.add_argument(
         "--worker",
@@ -42,8 +47,8 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.workers < 0:
         parser.error("--workers must be 0 or more")
-    if args.worker and args.workers:
-        parser.error("--worker and --workers exclude each other")
+    if args.worker and (args.workers or args.chief):
+        parser.error("--worker runs trials for a chief; it cannot be one (--workers, --chief)")
     return args
 
 
@@ -66,7 +71,7 @@ def main(argv=None) -> int:
         splits = load_splits(max_train_samples=tune.max_train_samples, seed=tune.seed)
         tuner = sessions.build_tuner(session, splits)
         _announce(tuner, splits)
-        if args.workers or args.host != "127.0.0.1":
+        if args.workers or args.chief:
             from pipeline.tuning.distributed import Chief
 
             chief = Chief(session, tuner, args.workers, args.host, args.port, args.params)

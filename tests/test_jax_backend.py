@@ -80,3 +80,40 @@ def test_families_and_search_train_under_jax():
     assert math.isfinite(result["hypermodel_loss"])
     assert result["trial_statuses"] == ["COMPLETED", "COMPLETED"]
     assert result["tensorflow_imported"] is False
+
+
+def test_the_tune_stage_runs_under_jax(tmp_path):
+    """A 2-trial search through the real stage: numpy input (no tf.data), MLflow per trial."""
+    import numpy as np
+    import yaml
+
+    from tests.tune_helpers import mlflow_client, parent_and_trials, tune_params
+
+    rng = np.random.default_rng(0)
+    processed = tmp_path / "data" / "processed"
+    processed.mkdir(parents=True)
+    for split, n in (("train", 96), ("val", 32)):
+        y = np.arange(n) % 3
+        x = rng.random((n, 8, 8, 1), dtype=np.float32) * 0.2 + y[:, None, None, None] * 0.3
+        np.savez(processed / f"{split}.npz", x=x.astype(np.float32), y=y.astype(np.int64))
+    meta = {
+        "dataset": "digits",
+        "class_names": ["a", "b", "c"],
+        "num_classes": 3,
+        "input_shape": [8, 8, 1],
+        "source_checksums": {"digits.csv": "0" * 64},
+        "preprocess": {},
+    }
+    (processed / "meta.json").write_text(json.dumps(meta))
+    tune_params(tmp_path, max_trials=2)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "tune"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "backend jax" in result.stderr
+    parents, trials = parent_and_trials(mlflow_client(tmp_path))
+    assert parents[0].info.status == "FINISHED"
+    assert sorted(r.info.status for r in trials) == ["FINISHED", "FINISHED"]
+    assert yaml.safe_load((tmp_path / "reports/tuning/best_hparams.json").read_text())["family"]

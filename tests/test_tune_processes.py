@@ -245,3 +245,23 @@ def test_a_worker_that_dies_does_not_hang_the_chief(proj):
     assert sorted(_completed_ids(proj)) == ["0", "1", "2", "3"]
     client = mlflow_client(proj)
     assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]
+
+
+def test_a_chief_serves_workers_started_by_hand_as_on_other_hosts(proj):
+    """The multi-host recipe: `--chief` on one host, `--worker` with KERASTUNER_* elsewhere."""
+    tune_params(proj, max_trials=2)
+    port = _free_port()
+    chief = Stage(proj, "--chief", "--port", str(port))
+    chief.wait_for("chief serving the oracle")
+    worker_env = {
+        "KERASTUNER_TUNER_ID": "tuner-b",
+        "KERASTUNER_ORACLE_IP": "127.0.0.1",
+        "KERASTUNER_ORACLE_PORT": str(port),
+    }  # no PIPELINE_PARENT_RUN_ID: the worker finds the parent run in MLflow
+    worker = run_cli("tune", "--worker", cwd=proj, env=worker_env, timeout=300)
+    assert worker.returncode == 0, worker.stderr
+    assert chief.finish(timeout=120) == 0, chief.text
+    parents, runs = parent_and_trials(mlflow_client(proj))
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.data.tags["trial_id"] for r in runs) == ["0", "1"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}

@@ -138,6 +138,11 @@ def worker_session(params: Params) -> sessions.Session:
             raise PipelineError(
                 f"--worker needs {var} (and the other KERASTUNER_* variables) to reach the chief"
             )
+    if "chief" in os.environ["KERASTUNER_TUNER_ID"]:
+        raise PipelineError(
+            "KERASTUNER_TUNER_ID must not contain 'chief' for a worker (Keras Tuner would "
+            "make it a chief); use e.g. tuner-b"
+        )
     space_file = Path(params.tune.search_space)
     space = load_search_space(space_file)
     uri = tracking.tracking_uri(params.mlflow.tracking_uri)
