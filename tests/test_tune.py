@@ -220,3 +220,18 @@ def test_experiment_name_and_tracking_uri_come_from_params_or_the_environment(
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{env_db}")
     assert client.get_experiment_by_name("my-search") is not None
+
+
+@pytest.mark.parametrize("algorithm", ["hyperband", "bayesian", "grid"])
+def test_every_algorithm_runs_a_search(tuned, algorithm):
+    # hyperband with max_epochs 2, factor 2: a 1-epoch round, then the best trial continues.
+    extra = {"hyperband_factor": 2} if algorithm == "hyperband" else {}
+    assert tuned.run(algorithm=algorithm, max_trials=3, max_epochs=2, **extra) == 0
+    board = read_leaderboard(tuned.root)
+    assert len(board) == 3 and all(r["status"] == "COMPLETED" for r in board)
+    _, trials = parent_and_trials(mlflow_client(tuned.root))
+    assert len(trials) == 3
+    if algorithm == "hyperband":
+        # Continued trials say so: Keras Tuner's bookkeeping is a tag, not a param.
+        assert any("tuner/trial_id" in r.data.tags for r in trials)
+        assert not any(k.startswith("tuner/") for r in trials for k in r.data.params)
