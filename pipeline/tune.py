@@ -70,6 +70,7 @@ def main(argv=None) -> int:
         tune = params.tune
         splits = load_splits(max_train_samples=tune.max_train_samples, seed=tune.seed)
         tuner = sessions.build_tuner(session, splits)
+        sessions.freeze_heap()
         _announce(tuner, splits)
         if args.workers or args.chief:
             from pipeline.tuning.distributed import Chief

@@ -190,6 +190,7 @@ def run_worker(params: Params) -> int:
     tune = params.tune
     splits = load_splits(max_train_samples=tune.max_train_samples, seed=tune.seed)
     tuner = sessions.build_tuner(session, splits, worker=True)
+    sessions.freeze_heap()
     try:
         tuner.search(
             epochs=tune.max_epochs, verbose=0, **fit_inputs(splits, tune.batch_size, tune.seed)

@@ -3,6 +3,7 @@ the tuner, and write the outputs, however the search itself is run (in this proc
 or by workers through a chief).
 """
 
+import gc
 import os
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,17 @@ def gpu_count() -> int:
 
         return torch.cuda.device_count()
     return 0
+
+
+def freeze_heap() -> None:
+    """Move everything loaded so far out of the garbage collector's sight.
+
+    Each trial starts with full collections (Keras' clear_session, Keras Tuner's
+    gc.collect); without this, each scans the ~500k objects the imports left behind,
+    about 0.5 s per trial.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def resolve_switch(value, auto: bool) -> bool:
