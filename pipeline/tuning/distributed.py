@@ -94,8 +94,12 @@ class Chief:
         from keras_tuner.src.distribute.oracle_chief import exit_chief
 
         finished: set[str] = set()
+        saved_at = time.monotonic()
         while True:
             time.sleep(0.5)
+            if time.monotonic() - saved_at > 30:  # the budget spent, in case of a SIGKILL
+                self.session.save_state()
+                saved_at = time.monotonic()
             for tuner_id, proc in self.procs.items():
                 if tuner_id in finished or proc.poll() is None:
                     continue

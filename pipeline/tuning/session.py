@@ -237,6 +237,7 @@ def build_tuner(session: Session, splits, worker: bool = False):
         patience=tune.early_stopping_patience,
         seed=tune.seed,
         max_trials=tune.max_trials,
+        after_trial=None if worker else session.save_state,
         directory=str(paths.TUNER_DIR),
         project_name=paths.TUNER_PROJECT,
         executions_per_trial=tune.executions_per_trial,

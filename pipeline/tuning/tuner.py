@@ -74,6 +74,8 @@ class PipelineTunerMixin:
         patience: Early stopping patience in epochs (None: off).
         seed: Base seed; trial ``n`` trains with ``seed + n``.
         max_trials: For the console's ``n/N``.
+        after_trial: Called after each trial's state is saved (the stage records the
+            budget spent, so a SIGKILL loses at most one trial's worth).
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class PipelineTunerMixin:
         patience: int | None,
         seed: int,
         max_trials: int,
+        after_trial=None,
         **kwargs,
     ):
         self.mlflow = mlflow_client
@@ -97,6 +100,7 @@ class PipelineTunerMixin:
         self.patience = patience
         self.seed = seed
         self.max_trials = max_trials
+        self.after_trial = after_trial
         self.current_run_id: str | None = None
         self._trial_start = 0.0
         self._params_count: int | None = None
@@ -175,6 +179,8 @@ class PipelineTunerMixin:
         seconds = time.monotonic() - self._trial_start
         self._close_trial_run(trial, seconds)
         super().on_trial_end(trial)
+        if self.after_trial is not None:
+            self.after_trial()
         self._print_line(trial, seconds)
 
     def _close_trial_run(self, trial, seconds: float) -> None:
