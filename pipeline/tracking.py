@@ -50,6 +50,23 @@ def client(uri: str):
     return mlflow.MlflowClient(tracking_uri=uri)
 
 
+def open_experiment(uri: str, name: str):
+    """``(client, experiment id)``; an unreachable or broken store is a one-line error."""
+    from pipeline.errors import PipelineError
+
+    mlflow_client = client(uri)
+    try:
+        return mlflow_client, experiment_id(mlflow_client, name)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(
+            f"MLflow store {uri}: {first[:300]}; check mlflow.tracking_uri in params.yaml "
+            "or MLFLOW_TRACKING_URI (is the server running?)"
+        ) from None
+
+
 def experiment_id(mlflow_client, name: str) -> str:
     """The id of experiment ``name``, created (artifacts under mlartifacts/) if missing."""
     found = mlflow_client.get_experiment_by_name(name)

@@ -78,18 +78,17 @@ def main(argv=None) -> int:
             chief = Chief(session, tuner, args.workers, args.host, args.port, args.params)
             chief.start()
             chief.wait()
+            chief.stop()
         else:
             fit = fit_inputs(splits, tune.batch_size, tune.seed)
             tuner.search(epochs=tune.max_epochs, verbose=0, **fit)
+        return sessions.finish(session, tuner.oracle, splits.meta)
     except KeyboardInterrupt:
         _close(session, tuner, chief, "KILLED")
         raise
     except BaseException:
         _close(session, tuner, chief, "FAILED")
         raise
-    if chief is not None:
-        chief.stop()
-    return sessions.finish(session, tuner.oracle, splits.meta)
 
 
 def _close(session, tuner, chief, status: str) -> None:

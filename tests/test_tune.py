@@ -55,7 +55,7 @@ def tuned(digits, project):
 
 
 def test_search_records_every_trial_in_mlflow_and_writes_the_leaderboard(tuned):
-    assert tuned.run(max_trials=3) == 0
+    assert tuned.run(max_trials=3, max_epochs=2) == 0
     client = mlflow_client(tuned.root)
     parents, trials = parent_and_trials(client)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -74,9 +74,10 @@ def test_search_records_every_trial_in_mlflow_and_writes_the_leaderboard(tuned):
         assert own == {family}
         assert {"optimizer", "learning_rate", "dropout"} <= set(run.data.params)
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
-        assert [m.step for m in history] == [0]
+        assert [m.step for m in history] == [0, 1]  # one point per epoch
         for metric in ("loss", "accuracy", "val_loss", "learning_rate"):
-            assert client.get_metric_history(run.info.run_id, metric)
+            assert len(client.get_metric_history(run.info.run_id, metric)) == 2
+        assert run.data.metrics["best_val_accuracy"] == max(m.value for m in history)
         assert run.data.metrics["params"] > 0 and run.data.metrics["wall_time_s"] > 0
 
     board = read_leaderboard(tuned.root)
@@ -86,9 +87,9 @@ def test_search_records_every_trial_in_mlflow_and_writes_the_leaderboard(tuned):
         run = by_run[row["mlflow_run_id"]]
         assert row["trial_id"] == run.data.tags["trial_id"]
         assert row["family"] == run.data.params["family"]
-        assert float(row["val_accuracy"]) == pytest.approx(run.data.metrics["val_accuracy"])
         assert int(row["params"]) == run.data.metrics["params"]
-        assert row["status"] == "COMPLETED" and row["epochs"] == "1"
+        assert row["status"] == "COMPLETED" and row["epochs"] == "2"
+        assert float(row["val_accuracy"]) == pytest.approx(run.data.metrics["best_val_accuracy"])
     scores = [float(r["val_accuracy"]) for r in board]
     assert scores == sorted(scores, reverse=True)
 
@@ -145,10 +146,12 @@ def test_nan_loss_marks_the_trial_invalid_and_it_is_retried(tuned):
     with pytest.raises(SearchFailedError, match="no trial completed"):
         tuned.run(space=space, max_trials=1, max_retries_per_trial=1)
     _, trials = parent_and_trials(mlflow_client(tuned.root))
-    # One trial, run twice (the retry), both attempts FAILED runs tagged INVALID.
+    # One trial, run twice: the first attempt INVALID (to be retried), the retry FAILED.
     assert len(trials) == 2
     assert {r.data.tags["trial_id"] for r in trials} == {"0"}
-    assert all(r.data.tags["trial_status"] == "INVALID" for r in trials)
+    assert all(r.info.status == "FAILED" for r in trials)
+    trials.sort(key=lambda r: r.info.start_time)
+    assert [r.data.tags["trial_status"] for r in trials] == ["INVALID", "FAILED"]
     assert read_leaderboard(tuned.root)[0]["status"] == "FAILED"
 
 
@@ -235,3 +238,43 @@ def test_every_algorithm_runs_a_search(tuned, algorithm):
         # Continued trials say so: Keras Tuner's bookkeeping is a tag, not a param.
         assert any("tuner/trial_id" in r.data.tags for r in trials)
         assert not any(k.startswith("tuner/") for r in trials for k in r.data.params)
+
+
+def test_mixed_precision_and_jit_switches_reach_every_trial(tuned):
+    assert tuned.run(max_trials=2, mixed_precision=True, jit_compile=False) == 0
+    _, trials = parent_and_trials(mlflow_client(tuned.root))
+    assert [r.data.tags["dtype_policy"] for r in trials] == ["mixed_float16"] * 2
+    assert all(r.info.status == "FINISHED" for r in trials)
+
+
+def test_changed_data_refuses_to_resume(tuned):
+    assert tuned.run(max_trials=1) == 0
+    meta = tuned.root / "data" / "processed" / "meta.json"
+    data = json.loads(meta.read_text())
+    data["preprocess"]["seed"] = 7
+    meta.write_text(json.dumps(data))
+    with pytest.raises(TuneStateError, match=r"the data changed.*tune.resume: false"):
+        tuned.run(max_trials=1)
+
+
+def test_a_budget_ends_a_search_midway_and_the_stage_succeeds(tuned):
+    assert tuned.run(max_trials=200, time_budget_minutes=0.1) == 0
+    board = read_leaderboard(tuned.root)
+    assert 1 <= len(board) < 200
+    assert all(r["status"] == "COMPLETED" for r in board)
+
+
+def test_executions_per_trial_train_each_trial_that_many_times(tuned):
+    assert tuned.run(max_trials=1, executions_per_trial=2) == 0
+    assert read_leaderboard(tuned.root)[0]["epochs"] == "2"  # 1 epoch x 2 executions
+
+
+def test_the_cli_exits_1_with_one_line_when_every_trial_fails(tuned):
+    from tests.conftest import run_cli
+
+    tune_params(tuned.root, max_trials=4, max_params=10, max_consecutive_failed_trials=2)
+    result = run_cli("tune", cwd=tuned.root)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: search stopped: Number of consecutive failures")
+    assert "Traceback" not in result.stderr

@@ -45,54 +45,88 @@ def _gpu_ids() -> list[str]:
     return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU")]
 
 
+def _die_with_parent() -> None:
+    """In a worker, before exec: get SIGTERM if the chief dies, even by SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Chief:
-    """Serves the oracle and runs ``workers`` local worker processes until the search ends."""
+    """Serves the oracle and runs ``workers`` local worker processes until the search ends.
+
+    A local worker that dies has its trial retried (a retry counts against
+    ``tune.max_retries_per_trial``) and is replaced, up to ``workers`` replacements.
+    """
 
     def __init__(self, session, tuner, workers: int, host: str, port: int | None, params: str):
         self.session, self.tuner, self.oracle = session, tuner, tuner.oracle
         self.workers, self.host, self.params = workers, host, params
         self.port = port or free_port(host)
         self.procs: dict[str, subprocess.Popen] = {}
+        self.replacements_left = workers
         self.server = None
         self.servicer = None
+        self.gpus: list[str] = []
 
     def start(self) -> None:
         import grpc
         from keras_tuner.src import protos
         from keras_tuner.src.distribute.oracle_chief import OracleServicer
 
+        self.oracle.verbose = 0  # our own one line per trial, not Keras Tuner's tables
         self.tuner.save()
         self.servicer = OracleServicer(self.oracle)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max(4, self.workers)))
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max(4, self.workers)),
+            options=[("grpc.so_reuseport", 0)],  # a second chief must not share the port
+        )
         protos.get_service_grpc().add_OracleServicer_to_server(self.servicer, self.server)
-        if self.server.add_insecure_port(f"{self.host}:{self.port}") == 0:
+        try:
+            bound = self.server.add_insecure_port(f"{self.host}:{self.port}")
+        except RuntimeError:
+            bound = 0
+        if not bound:
             raise PipelineError(f"cannot listen on {self.host}:{self.port}; pick another --port")
         self.server.start()
         log(f"tune: chief serving the oracle on {self.host}:{self.port}")
-        gpus = _gpu_ids()
-        connect = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        self.gpus = _gpu_ids()
         for i in range(self.workers):
-            tuner_id = f"tuner{i}"
-            env = {
-                **os.environ,
-                "KERASTUNER_TUNER_ID": tuner_id,
-                "KERASTUNER_ORACLE_IP": connect,
-                "KERASTUNER_ORACLE_PORT": str(self.port),
-                PARENT_ENV: self.session.parent_run_id,
-                "MLFLOW_TRACKING_URI": self.session.uri,
-                "PIPELINE_LOG_PREFIX": f"[{tuner_id}] ",
-            }
-            if gpus:  # one GPU per worker, round robin when there are more workers
-                env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
-            cmd = [sys.executable, "-m", "pipeline", "tune", "--worker", "--params", self.params]
-            self.procs[tuner_id] = subprocess.Popen(cmd, env=env)
+            self._spawn(i)
         if self.workers:
-            log(f"tune: started {self.workers} worker(s)" + (f" on GPUs {gpus}" if gpus else ""))
+            on = f" on GPUs {self.gpus}" if self.gpus else ""
+            log(f"tune: started {self.workers} worker(s){on}")
+
+    def _spawn(self, i: int) -> str:
+        tuner_id = f"tuner{i}"
+        env = {
+            **os.environ,
+            "KERASTUNER_TUNER_ID": tuner_id,
+            "KERASTUNER_ORACLE_IP": "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host,
+            "KERASTUNER_ORACLE_PORT": str(self.port),
+            PARENT_ENV: self.session.parent_run_id,
+            "MLFLOW_TRACKING_URI": self.session.uri,
+            "PIPELINE_LOG_PREFIX": f"[{tuner_id}] ",
+        }
+        if self.gpus:  # one GPU per worker, round robin when there are more workers
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus[i % len(self.gpus)]
+        cmd = [sys.executable, "-m", "pipeline", "tune", "--worker", "--params", self.params]
+        self.procs[tuner_id] = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
+        return tuner_id
+
+    def _search_over(self) -> bool:
+        from keras_tuner.src.distribute.oracle_chief import exit_chief
+
+        if not (self.servicer.stop_triggered and exit_chief(self.oracle)):
+            return False
+        # A trial put back by a dead worker still needs running, unless nothing may start.
+        stopping = self.oracle.failure or self.oracle.budget_spent()
+        return not self.oracle.pending_retries() or bool(stopping)
 
     def wait(self) -> None:
         """Block until the search has ended and no worker holds a trial."""
-        from keras_tuner.src.distribute.oracle_chief import exit_chief
-
         finished: set[str] = set()
         saved_at = time.monotonic()
         while True:
@@ -106,14 +140,18 @@ class Chief:
                 finished.add(tuner_id)
                 requeued = self.oracle.release_tuner(tuner_id)
                 if proc.returncode != 0:
-                    note = f"; its trial {requeued} goes back to the queue" if requeued else ""
+                    note = f"; its trial {requeued} is retried or failed" if requeued else ""
                     log(f"tune: worker {tuner_id} exited with code {proc.returncode}{note}")
                     # A killed worker could not close its trial's run.
                     tracking.mark_orphans_killed(self.session.client, self.session.experiment_id)
-            if self.servicer.stop_triggered and exit_chief(self.oracle):
+                    if self.replacements_left > 0 and not self._search_over():
+                        self.replacements_left -= 1
+                        log(f"tune: started replacement worker {self._spawn(len(self.procs))}")
+                        break  # self.procs changed size
+            if self._search_over():
                 return
-            if self.procs and len(finished) == len(self.procs):
-                if self.oracle.failure or self.oracle.stop_reason:
+            if self.procs and all(p.poll() is not None for p in self.procs.values()):
+                if self.oracle.failure or (self.oracle.stop_reason and self._search_over()):
                     return
                 raise PipelineError(
                     f"all {len(self.procs)} workers exited before the search ended; "
@@ -150,10 +188,9 @@ def worker_session(params: Params) -> sessions.Session:
     space_file = Path(params.tune.search_space)
     space = load_search_space(space_file)
     uri = tracking.tracking_uri(params.mlflow.tracking_uri)
-    client = tracking.client(uri)
-    exp_id = tracking.experiment_id(client, sessions.experiment_name(params))
+    client, exp_id = tracking.open_experiment(uri, sessions.experiment_name(params))
     parent = os.environ.get(PARENT_ENV) or _find_parent(client, exp_id)
-    deadline_tag = client.get_run(parent).data.tags.get(sessions.DEADLINE_TAG)
+    deadline_tag = client.get_run(parent).data.tags.get(sessions.DEADLINE_TAG, "none")
     return sessions.Session(
         params=params,
         space=space,
@@ -164,7 +201,7 @@ def worker_session(params: Params) -> sessions.Session:
         client=client,
         experiment_id=exp_id,
         parent_run_id=parent,
-        deadline=float(deadline_tag) if deadline_tag else None,
+        deadline=None if deadline_tag == "none" else float(deadline_tag),
     )
 
 

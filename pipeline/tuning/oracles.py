@@ -5,17 +5,45 @@ The oracle is where these belong: in parallel tuning it lives in the chief, so o
 budget and one failure count hold for every worker.
 """
 
+import functools
 import json
+import threading
 import time
 from pathlib import Path
 
 import keras_tuner
+from keras_tuner.src.engine import oracle as kt_oracle
 from keras_tuner.src.engine import trial as trial_module
 
 from pipeline import atomic
 from pipeline.config import TuneParams
 
 OBJECTIVE = keras_tuner.Objective("val_accuracy", direction="max")
+
+
+def synchronized(func):
+    """Keras Tuner's ``synchronized`` (same locks), but the lock is released on an error.
+
+    Keras Tuner's own wrapper has no ``finally``: one exception in a gRPC thread would
+    leave the oracle locked and the chief waiting forever. Calls nested inside ours
+    (the base classes' synchronized methods) see the lock held by this thread and pass.
+    """
+
+    @functools.wraps(func)
+    def wrapped(oracle, *args, **kwargs):
+        thread = threading.current_thread().name
+        need_acquire = kt_oracle.THREADS[oracle] != thread
+        if need_acquire:
+            kt_oracle.LOCKS[oracle].acquire()
+            kt_oracle.THREADS[oracle] = thread
+        try:
+            return func(oracle, *args, **kwargs)
+        finally:
+            if need_acquire:
+                kt_oracle.THREADS[oracle] = None
+                kt_oracle.LOCKS[oracle].release()
+
+    return wrapped
 
 
 class PipelineOracleMixin:
@@ -35,22 +63,36 @@ class PipelineOracleMixin:
             return False
         return bool(self.completed_trials())
 
-    @keras_tuner.synchronized
+    def _stopped(self, tuner_id, reason: str):
+        self.stop_reason = self.stop_reason or reason
+        self.tuner_ids.discard(tuner_id)
+        return trial_module.Trial(
+            hyperparameters=self.hyperparameters.copy(),
+            trial_id="stopped",
+            status=trial_module.TrialStatus.STOPPED,
+        )
+
+    @synchronized
     def create_trial(self, tuner_id):
-        if tuner_id not in self.ongoing_trials and (self.failure or self.budget_spent()):
-            self.stop_reason = "too many failed trials" if self.failure else "time budget spent"
-            self.tuner_ids.discard(tuner_id)
-            return trial_module.Trial(
-                hyperparameters=self.hyperparameters.copy(),
-                trial_id="stopped",
-                status=trial_module.TrialStatus.STOPPED,
-            )
-        trial = super().create_trial(tuner_id)
+        if tuner_id not in self.ongoing_trials:
+            if self.failure:
+                return self._stopped(tuner_id, "too many failed trials")
+            if self.budget_spent():
+                return self._stopped(tuner_id, "time budget spent")
+        try:
+            trial = super().create_trial(tuner_id)
+        except Exception as exc:  # e.g. the Bayesian model failing to fit: stop, say why
+            self.failure = f"the {type(self).__name__} oracle failed: {type(exc).__name__}: {exc}"
+            return self._stopped(tuner_id, "oracle error")
         if trial.status == trial_module.TrialStatus.STOPPED and self.stop_reason is None:
             self.stop_reason = "all trials done"
         return trial
 
-    @keras_tuner.synchronized
+    @synchronized
+    def update_trial(self, trial_id, metrics, step=0):
+        return super().update_trial(trial_id, metrics, step=step)
+
+    @synchronized
     def end_trial(self, trial):
         try:
             super().end_trial(trial)
@@ -66,16 +108,43 @@ class PipelineOracleMixin:
             self.save()
             self.release_trial(ended.trial_id)
 
-    @keras_tuner.synchronized
+    def _check_consecutive_failures(self):
+        # Keras Tuner scans the whole history and fires on any old streak, so a resumed
+        # search that once hit the limit would stop at its next trial; count the last run.
+        streak = 0
+        for trial_id in reversed(self.end_order):
+            if self.trials[trial_id].status != trial_module.TrialStatus.FAILED:
+                break
+            streak += 1
+        if streak >= self.max_consecutive_failed_trials:
+            last = self.trials[self.end_order[-1]]
+            raise RuntimeError(
+                "Number of consecutive failures exceeded the limit "
+                f"of {self.max_consecutive_failed_trials}.\n" + (last.message or "")
+            )
+
+    @synchronized
     def release_tuner(self, tuner_id: str) -> str | None:
-        """Forget a tuner whose process died; its running trial goes back to the queue."""
+        """Forget a tuner whose process died; its trial is retried (a retry counts) or fails."""
         trial = self.ongoing_trials.pop(tuner_id, None)
         self.tuner_ids.discard(tuner_id)
         if trial is None:
             return None
-        self._retry_queue.append(trial.trial_id)
+        self._run_times[trial.trial_id] += 1
+        if self._run_times[trial.trial_id] > self.max_retries_per_trial:
+            # A trial that keeps killing its worker (out of memory, say) must not loop.
+            trial.status = trial_module.TrialStatus.FAILED
+            trial.message = f"its worker process ({tuner_id}) died while running it"
+            self.end_order.append(trial.trial_id)
+            self._save_trial(trial)
+        else:
+            self._retry_queue.append(trial.trial_id)
         self.save()
         return trial.trial_id
+
+    def pending_retries(self) -> int:
+        """Trials waiting in the retry queue."""
+        return len(self._retry_queue)
 
     def release_trial(self, trial_id: str) -> None:
         for tuner_id, ongoing in list(self.ongoing_trials.items()):

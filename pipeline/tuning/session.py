@@ -79,6 +79,7 @@ class Session:
     deadline: float | None
     started: float = field(default_factory=time.monotonic)
     spent_before: float = 0.0
+    ended: bool = False
 
     @property
     def tune(self):
@@ -101,7 +102,10 @@ class Session:
         )
 
     def end_parent(self, status: str) -> None:
-        """Close the parent run with ``status`` and save the state for a resume."""
+        """Close the parent run with ``status`` (once) and save the state for a resume."""
+        if self.ended:
+            return
+        self.ended = True
         self.save_state()
         self.client.set_terminated(self.parent_run_id, status=status)
 
@@ -135,8 +139,7 @@ def open_session(params: Params) -> Session:
         saved_state.check_whole()
 
     uri = tracking.tracking_uri(params.mlflow.tracking_uri)
-    client = tracking.client(uri)
-    exp_id = tracking.experiment_id(client, experiment_name(params))
+    client, exp_id = tracking.open_experiment(uri, experiment_name(params))
     tracking.mark_orphans_killed(client, exp_id)
 
     spent = float(saved.get("spent_s", 0.0)) if saved else 0.0
@@ -144,7 +147,7 @@ def open_session(params: Params) -> Session:
     if tune.time_budget_minutes is not None:
         deadline = time.time() + max(0.0, tune.time_budget_minutes * 60 - spent)
 
-    parent = _reattach(client, saved) if saved else None
+    parent = _reattach(client, saved, exp_id) if saved else None
     if parent is None:
         tags = {
             "git_commit": tracking.git_commit(),
@@ -163,8 +166,11 @@ def open_session(params: Params) -> Session:
             client.set_tag(parent, key, value)
         client.set_tag(parent, "resumed", "true")
         log(f"tune: resuming the saved search; MLflow parent run {parent} re-attached")
-    if deadline is not None:
-        client.set_tag(parent, DEADLINE_TAG, f"{deadline:.3f}")
+    # MLflow params cannot change; settings a resume may change are also current tags.
+    for key in sorted(saved_state.RESUMABLE_SETTINGS):
+        client.set_tag(parent, f"current.tune.{key}", str(getattr(tune, key)))
+    # Workers read the deadline here; "none" also clears one left by an earlier run.
+    client.set_tag(parent, DEADLINE_TAG, "none" if deadline is None else f"{deadline:.3f}")
     session = Session(
         params=params,
         space=space,
@@ -182,7 +188,7 @@ def open_session(params: Params) -> Session:
     return session
 
 
-def _reattach(client, saved: dict) -> str | None:
+def _reattach(client, saved: dict, exp_id: str) -> str | None:
     run_id = saved.get("parent_run_id")
     if not run_id:
         return None
@@ -191,7 +197,8 @@ def _reattach(client, saved: dict) -> str | None:
     except Exception:  # another tracking store, or the run was deleted
         log(f"tune: saved parent run {run_id} is not in this MLflow store; starting a new one")
         return None
-    if run.info.lifecycle_stage == "deleted":
+    if run.info.lifecycle_stage == "deleted" or run.info.experiment_id != exp_id:
+        log(f"tune: saved parent run {run_id} is deleted or in another experiment; new one")
         return None
     client.update_run(run_id, status="RUNNING")
     return run_id
@@ -206,10 +213,16 @@ def build_tuner(session: Session, splits, worker: bool = False):
     from pipeline.tuning.oracles import make_oracle
     from pipeline.tuning.tuner import TUNER_CLASSES
 
+    from keras_tuner.src import config as kt_config
+
+    # Keras Tuner prints every failed trial's traceback; ours go to the trial's MLflow run
+    # (traceback.txt) and the console gets one line.
+    kt_config.DEBUG = False
     tune = session.tune
     gpus = gpu_count()
     mixed = resolve_switch(tune.mixed_precision, auto=gpus > 0)
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    policy = "mixed_float16" if mixed else "float32"
+    keras.mixed_precision.set_global_policy(policy)
     jit = "auto" if tune.jit_compile == "auto" else bool(tune.jit_compile)
     if not worker:
         log(
@@ -238,11 +251,16 @@ def build_tuner(session: Session, splits, worker: bool = False):
         seed=tune.seed,
         max_trials=tune.max_trials,
         after_trial=None if worker else session.save_state,
+        dtype_policy=policy,
         directory=str(paths.TUNER_DIR),
         project_name=paths.TUNER_PROJECT,
         executions_per_trial=tune.executions_per_trial,
         overwrite=False,
     )
+    if not worker:
+        # Written now, not at the first trial's end: Keras Tuner reloads a saved search
+        # only when this file exists, so a kill during trial 1 must find it.
+        tuner.save()
     return tuner
 
 

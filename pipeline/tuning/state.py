@@ -71,7 +71,7 @@ def read_json_state(path: Path) -> dict:
 def check_whole(tuner_dir: Path = paths.TUNER_DIR) -> None:
     """Raise TuneStateError if any of Keras Tuner's JSON state files is empty or torn."""
     project = Path(tuner_dir) / paths.TUNER_PROJECT
-    for path in sorted(project.glob("*.json")) + sorted(project.glob("trial_*/*.json")):
+    for path in sorted(project.glob("*.json")) + sorted(project.glob("trial_*/trial.json")):
         read_json_state(path)
 
 

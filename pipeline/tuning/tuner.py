@@ -76,6 +76,8 @@ class PipelineTunerMixin:
         max_trials: For the console's ``n/N``.
         after_trial: Called after each trial's state is saved (the stage records the
             budget spent, so a SIGKILL loses at most one trial's worth).
+        dtype_policy: Keras dtype policy of every trial's model (``mixed_float16`` for
+            mixed precision).
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class PipelineTunerMixin:
         seed: int,
         max_trials: int,
         after_trial=None,
+        dtype_policy: str = "float32",
         **kwargs,
     ):
         self.mlflow = mlflow_client
@@ -101,6 +104,7 @@ class PipelineTunerMixin:
         self.seed = seed
         self.max_trials = max_trials
         self.after_trial = after_trial
+        self.dtype_policy = dtype_policy
         self.current_run_id: str | None = None
         self._trial_start = 0.0
         self._params_count: int | None = None
@@ -116,7 +120,9 @@ class PipelineTunerMixin:
         self._deadline_stops = []
         self._result = None
         number = _trial_number(trial.trial_id)
-        keras.utils.set_random_seed(self.seed + number)
+        # A retry gets a new seed: rerunning a NaN-diverged trial identically is wasted.
+        attempt = getattr(self.oracle, "_run_times", {}).get(trial.trial_id, 0)
+        keras.utils.set_random_seed(self.seed + number + 100_003 * attempt)
         values = trial.hyperparameters.values
         tags = {
             tracking.PARENT_TAG: self.parent_run_id,
@@ -133,9 +139,17 @@ class PipelineTunerMixin:
         params = trial_params(active_values(trial.hyperparameters))
         self.mlflow.log_batch(self.current_run_id, params=tracking.params_list(params))
 
+    def _build_hypermodel(self, hp):
+        # Keras Tuner clears the session before every build, and with it the global dtype
+        # policy: set it again for each trial's model.
+        keras.mixed_precision.set_global_policy(self.dtype_policy)
+        return super()._build_hypermodel(hp)
+
     def _try_build(self, hp):
         model = super()._try_build(hp)
         self._params_count = int(model.count_params())
+        if self.current_run_id is not None:
+            self.mlflow.set_tag(self.current_run_id, "dtype_policy", model.dtype_policy.name)
         return model
 
     def _build_and_fit_model(self, trial, *args, **kwargs):
@@ -177,17 +191,20 @@ class PipelineTunerMixin:
 
     def on_trial_end(self, trial):
         seconds = time.monotonic() - self._trial_start
-        self._close_trial_run(trial, seconds)
+        # The oracle first: once it has recorded the trial, a kill cannot make a resumed
+        # search train it again, and its final status (a retry pending: INVALID; retries
+        # used up: FAILED) is what the run is tagged with.
         super().on_trial_end(trial)
+        status = self.oracle.get_trial(trial.trial_id).status
+        self._close_trial_run(trial, status, seconds)
         if self.after_trial is not None:
             self.after_trial()
-        self._print_line(trial, seconds)
+        self._print_line(trial, status, seconds)
 
-    def _close_trial_run(self, trial, seconds: float) -> None:
-        run_id, self.current_run_id = self.current_run_id, None
+    def _close_trial_run(self, trial, status: str, seconds: float) -> None:
+        run_id = self.current_run_id
         if run_id is None:
             return
-        status = trial.status
         metrics = {"wall_time_s": seconds}
         if self._params_count is not None:
             metrics["params"] = self._params_count
@@ -202,9 +219,10 @@ class PipelineTunerMixin:
             self.mlflow.set_tag(run_id, key, value)
         if status == trial_module.TrialStatus.COMPLETED:
             self.mlflow.set_terminated(run_id, status="FINISHED")
-            return
-        self.mlflow.log_text(run_id, trial.message or "(no message)", "traceback.txt")
-        self.mlflow.set_terminated(run_id, status="FAILED")
+        else:
+            self.mlflow.log_text(run_id, trial.message or "(no message)", "traceback.txt")
+            self.mlflow.set_terminated(run_id, status="FAILED")
+        self.current_run_id = None
 
     def abort_trial(self, status: str = "KILLED") -> None:
         """Close the running trial's MLflow run (on SIGINT/SIGTERM)."""
@@ -213,16 +231,17 @@ class PipelineTunerMixin:
             self.mlflow.set_tag(run_id, STATUS_TAG, "INTERRUPTED")
             self.mlflow.set_terminated(run_id, status=status)
 
-    def _print_line(self, trial, seconds: float) -> None:
+    def _print_line(self, trial, status: str, seconds: float) -> None:
         values = trial.hyperparameters.values
         head = (
             f"trial {_trial_number(trial.trial_id) + 1}/{self.max_trials} "
             f"{values.get('family', '?'):<10} {values.get('optimizer', '?'):<7}"
         )
-        if trial.status == trial_module.TrialStatus.COMPLETED and self._result is not None:
+        if status == trial_module.TrialStatus.COMPLETED and self._result is not None:
             outcome = f"val_accuracy={self._result['val_accuracy']:.4f}"
         else:
-            outcome = f"{trial.status}: {last_line(trial.message)}"
+            retry = " (will be retried)" if status == trial_module.TrialStatus.INVALID else ""
+            outcome = f"{status}{retry}: {last_line(trial.message)}"
         best = self.oracle.get_best_trials(1)
         best_score = best[0].score if best and best[0].score is not None else None
         line = f"{head} {outcome}  {seconds:.1f}s  best={_fmt(best_score)}"
