@@ -21,6 +21,22 @@ STAGES = {
         "search the architecture families with Keras Tuner; every trial an MLflow run",
         ("data.dataset", "tune", "mlflow"),
     ),
+    "train": (
+        "train the best configuration (or train.preset) into models/model.keras",
+        ("data.dataset", "train", "mlflow"),
+    ),
+    "evaluate": (
+        "test-set metrics, plots and reports/report.html",
+        ("data.dataset", "evaluate", "mlflow"),
+    ),
+    "register": (
+        "register the model in MLflow; it becomes @champion only if it beats the current one",
+        ("data.dataset", "register", "mlflow"),
+    ),
+    "predict": (
+        "top-k classes for image files or a .npy batch, with the champion or --model",
+        ("data.dataset", "register.model_name", "mlflow"),
+    ),
 }
 
 

@@ -5,6 +5,7 @@ naming the file, the key, what was given and what was expected (the CLI exits wi
 """
 
 import difflib
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -139,6 +140,45 @@ class TuneParams(_Section):
     seed: int = Field(42, ge=0, description="seed of the search and of each trial")
 
 
+class TrainParams(_Section):
+    """The train stage: the best configuration (or a preset) trained on the training split."""
+
+    epochs: int = Field(20, ge=1, description="most epochs of the final training")
+    early_stopping_patience: int | None = Field(
+        5, ge=1, description="stop after this many epochs without val_accuracy gain; best kept"
+    )
+    batch_size: int = Field(128, ge=1, description="training batch size")
+    preset: str | None = Field(
+        None, description="train this reference preset instead of the best trial (a baseline)"
+    )
+    seed: int = Field(42, ge=0, description="seed of the weights and the shuffling")
+
+
+class EvaluateParams(_Section):
+    """The evaluate stage: test-set metrics, plots and the HTML report."""
+
+    misclassified_examples: int = Field(
+        25, ge=0, le=100, description="misclassified test images shown in the report's grid"
+    )
+
+
+class RegisterParams(_Section):
+    """The register stage: MLflow Model Registry with a champion/challenger gate."""
+
+    model_name: str | None = Field(
+        None, description="registered model name; null: <dataset>-classifier"
+    )
+    min_delta: float = Field(
+        0.0, ge=0, le=1, description="test accuracy the candidate must gain over the champion"
+    )
+    significance: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="if set, McNemar's test on paired predictions must give p below this",
+    )
+
+
 class MlflowParams(_Section):
     """Where runs are recorded (MLFLOW_TRACKING_URI, when set, wins over tracking_uri)."""
 
@@ -150,12 +190,20 @@ class MlflowParams(_Section):
     )
 
 
+# pydantic warns that the field ``register`` shadows BaseModel.register (ABC's method,
+# unused here); the field is what params.register returns.
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+
 class Params(_Section):
     """The whole params.yaml."""
 
     data: DataParams = DataParams()
     preprocess: PreprocessParams = PreprocessParams()
     tune: TuneParams = TuneParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    register: RegisterParams = RegisterParams()
     mlflow: MlflowParams = MlflowParams()
 
 

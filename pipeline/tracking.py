@@ -184,3 +184,8 @@ def _pipeline_process_alive(pid: int) -> bool:
     except OSError:
         return True
     return b"pipeline" in cmdline
+
+
+def experiment_name(params) -> str:
+    """The MLflow experiment of every stage: ``mlflow.experiment_name``, else the dataset."""
+    return params.mlflow.experiment_name or params.data.dataset

@@ -110,9 +110,7 @@ class Session:
         self.client.set_terminated(self.parent_run_id, status=status)
 
 
-def experiment_name(params: Params) -> str:
-    """The MLflow experiment: ``mlflow.experiment_name``, else the dataset's name."""
-    return params.mlflow.experiment_name or params.data.dataset
+experiment_name = tracking.experiment_name
 
 
 def open_session(params: Params) -> Session:
@@ -207,13 +205,12 @@ def _reattach(client, saved: dict, exp_id: str) -> str | None:
 def build_tuner(session: Session, splits, worker: bool = False):
     """The hypermodel, oracle and tuner for this session (reloading a saved search)."""
     import keras
+    from keras_tuner.src import config as kt_config
 
     from pipeline.search.hypermodel import CNNHyperModel
     from pipeline.tuning.data import steps_per_epoch
     from pipeline.tuning.oracles import make_oracle
     from pipeline.tuning.tuner import TUNER_CLASSES
-
-    from keras_tuner.src import config as kt_config
 
     # Keras Tuner prints every failed trial's traceback; ours go to the trial's MLflow run
     # (traceback.txt) and the console gets one line.
