@@ -1,0 +1,31 @@
+"""Stage train: the best tuned configuration (or ``train.preset``) trained on the training
+split, with early stopping on ``val_accuracy`` and the best weights kept.
+
+Reads ``reports/tuning/best_hparams.json`` (unless ``train.preset`` is set) and
+``data/processed/``; writes ``models/model.keras``, ``models/saved_model/``,
+``models/model_info.json`` and ``reports/train_history.csv``, and one MLflow run.
+An interrupted training resumes from its last finished epoch on rerun
+(``models/train_backup/``, deleted once the training has finished).
+"""
+
+import sys
+
+from pipeline.cli import guarded, stage_parser
+from pipeline.config import load_params
+
+
+def main(argv=None) -> int:
+    """Train, record the run in MLflow, write the model and its history."""
+    args = stage_parser("train").parse_args(argv)
+    params = load_params(args.params)
+    from pipeline.tuning.session import configure_environment
+
+    configure_environment()
+    from pipeline.training.run import train
+
+    train(params)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(guarded(main))

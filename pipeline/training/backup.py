@@ -1,0 +1,228 @@
+"""The resumable state of one training in ``models/train_backup/``, kept across runs.
+
+Keras' ``BackupAndRestore`` writes ``latest.weights.h5`` (model and optimizer variables)
+and ``training_metadata.json`` (epochs finished) at each epoch's end; that metadata file
+is the commit point. Before it, this module's recorder writes:
+
+- ``state.json``: the fingerprint of what is trained (written once, at a fresh start);
+- ``history.csv``: one row per finished epoch (rewritten atomically each epoch);
+- ``best-<epoch>.weights.h5``: the weights of the best epoch so far, so early stopping
+  restores the best weights even when that epoch ran before an interruption.
+
+On a rerun the history is cut back to the committed epochs (a row written just before a
+kill is run again, never repeated); a different fingerprint, or any file that does not
+read back, discards the backup and the training starts from scratch with a log line.
+"""
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pipeline import atomic, paths
+from pipeline.console import log
+
+HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
+BACKUP_COLUMNS = [*HISTORY_COLUMNS, "seconds"]
+STATE_FILE = "state.json"
+HISTORY_FILE = "history.csv"
+LATEST_WEIGHTS = "latest.weights.h5"  # BackupAndRestore's names
+METADATA_FILE = "training_metadata.json"
+_BEST = re.compile(r"^best-(\d+)\.weights\.h5$")
+
+
+class CorruptBackup(Exception):
+    """A backup file is missing, torn or inconsistent; the training starts over."""
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def history_text(rows: list[dict], columns: list[str] = HISTORY_COLUMNS) -> str:
+    """Rows as CSV text with ``columns`` (epoch as an integer, floats in full)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: int(row[k]) if k == "epoch" else repr(float(row[k])) for k in columns})
+    return buffer.getvalue()
+
+
+def best_epoch(rows: list[dict]) -> tuple[int | None, float | None]:
+    """(1-based epoch, val_accuracy) of the first best finite val_accuracy; (None, None)."""
+    epoch = best = None
+    for row in rows:
+        value = row["val_accuracy"]
+        if math.isfinite(value) and (best is None or value > best):
+            epoch, best = int(row["epoch"]), value
+    return epoch, best
+
+
+class Backup:
+    """The backup folder of one training, identified by its fingerprint."""
+
+    def __init__(self, fingerprint: dict, folder: Path = paths.TRAIN_BACKUP):
+        self.folder = Path(folder)
+        self.fingerprint = fingerprint
+        self.rows: list[dict] = []
+
+    # -- paths ---------------------------------------------------------------------------
+    @property
+    def latest_weights(self) -> Path:
+        return self.folder / LATEST_WEIGHTS
+
+    def best_weights(self, epoch: int) -> Path:
+        return self.folder / f"best-{epoch}.weights.h5"
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.rows)
+
+    # -- resume --------------------------------------------------------------------------
+    def open(self) -> int:
+        """Read a saved backup of this training; return the epochs it holds (0: fresh)."""
+        self.rows = []
+        if not self.folder.exists():
+            self._start_fresh()
+            return 0
+        try:
+            state = json.loads((self.folder / STATE_FILE).read_text())
+            if not isinstance(state, dict) or "fingerprint" not in state:
+                raise CorruptBackup(f"{STATE_FILE} has no fingerprint")
+        except (OSError, ValueError, CorruptBackup) as exc:
+            self.discard(f"unreadable ({_reason(exc)})")
+            return 0
+        if state["fingerprint"] != self.fingerprint:
+            changed = _changed_keys(state["fingerprint"], self.fingerprint)
+            self.discard(f"is of another training ({changed} changed)")
+            return 0
+        try:
+            self.rows = self._committed_rows()
+        except CorruptBackup as exc:
+            self.discard(f"is damaged ({exc})")
+            return 0
+        return self.epochs_done
+
+    def _committed_rows(self) -> list[dict]:
+        metadata = self.folder / METADATA_FILE
+        if not metadata.exists():
+            return []  # no epoch finished yet
+        try:
+            committed = int(json.loads(metadata.read_text())["epoch"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CorruptBackup(f"{METADATA_FILE}: {_reason(exc)}") from None
+        rows = self._read_history()
+        if committed < 0 or len(rows) < committed:
+            raise CorruptBackup(
+                f"{HISTORY_FILE} has {len(rows)} epoch(s), the checkpoint {committed}"
+            )
+        rows = rows[:committed]  # an epoch recorded but not checkpointed runs again
+        if rows:
+            if not self.latest_weights.is_file():
+                raise CorruptBackup(f"{LATEST_WEIGHTS} missing")
+            epoch, _ = best_epoch(rows)
+            if epoch is not None and not self.best_weights(epoch).is_file():
+                raise CorruptBackup(f"{self.best_weights(epoch).name} missing")
+        return rows
+
+    def _read_history(self) -> list[dict]:
+        path = self.folder / HISTORY_FILE
+        try:
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                if reader.fieldnames != BACKUP_COLUMNS:
+                    raise CorruptBackup(f"{HISTORY_FILE}: unexpected header {reader.fieldnames}")
+                rows = [{k: _number(v) for k, v in row.items()} for row in reader]
+        except FileNotFoundError:
+            return []
+        except (OSError, csv.Error, UnicodeDecodeError) as exc:
+            raise CorruptBackup(f"{HISTORY_FILE}: {_reason(exc)}") from None
+        for i, row in enumerate(rows, start=1):
+            if row["epoch"] != i:
+                raise CorruptBackup(f"{HISTORY_FILE}: row {i} is epoch {row['epoch']}")
+            row["epoch"] = i
+        return rows
+
+    def restore_check(self, model) -> bool:
+        """Load the backup's weights into ``model`` to prove they read back; False if not.
+
+        ``BackupAndRestore`` loads them again when training starts; a failure there would
+        be a crash, here it is a fresh start (the caller rebuilds the model).
+        """
+        if not self.rows:
+            return True
+        try:
+            if model.optimizer is not None and not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            epoch, _ = best_epoch(self.rows)
+            if epoch is not None:
+                model.load_weights(self.best_weights(epoch))
+            model.load_weights(self.latest_weights)
+        except Exception as exc:  # h5py, Keras and OS errors alike: the file is unusable
+            self.discard(f"is damaged ({_reason(exc)})")
+            return False
+        return True
+
+    def discard(self, why: str) -> None:
+        """Log why, delete the backup and start a fresh one."""
+        log(f"train: the backup in {self.folder}/ {why}; starting from scratch")
+        self._start_fresh()
+
+    def _start_fresh(self) -> None:
+        self.rows = []
+        self.remove()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(self.folder / STATE_FILE, {"fingerprint": self.fingerprint})
+
+    # -- recording -----------------------------------------------------------------------
+    def record(self, row: dict) -> None:
+        """Append one finished epoch's row and rewrite ``history.csv`` atomically."""
+        self.rows.append(row)
+        atomic.write_text(self.folder / HISTORY_FILE, history_text(self.rows, BACKUP_COLUMNS))
+
+    def save_best(self, model, epoch: int) -> None:
+        """Save ``model``'s weights as epoch ``epoch``'s best, through a temp file."""
+        final = self.best_weights(epoch)
+        tmp = self.folder / f".tmp-{final.name}"
+        try:
+            model.save_weights(tmp)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def prune_best(self, keep: int | None) -> None:
+        """Delete best-weights files other than epoch ``keep``'s (a committed epoch)."""
+        for path in self.folder.glob("best-*.weights.h5"):
+            match = _BEST.match(path.name)
+            if match and int(match.group(1)) != keep:
+                path.unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        """Delete the whole backup folder (after a successful training)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def _changed_keys(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if keys == ["train"]:
+        train_old, train_new = old.get("train") or {}, new.get("train") or {}
+        keys = [
+            f"train.{k}"
+            for k in sorted(set(train_old) | set(train_new))
+            if train_old.get(k) != train_new.get(k)
+        ]
+    return ", ".join(keys) or "format"

@@ -1,0 +1,275 @@
+"""One run of the train stage: rebuild (or pick a preset), train resumably, write outputs.
+
+Outputs: ``models/model.keras`` (float32 NHWC in [0, 1] in, softmax over the classes in
+``meta.json``'s order out), ``models/saved_model/`` (TensorFlow backend only),
+``models/model_info.json`` and ``reports/train_history.csv``; one MLflow run per call.
+"""
+
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline import atomic, paths, tracking
+from pipeline.config import Params
+from pipeline.console import log
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.training import plan as plans
+from pipeline.training.backup import Backup, best_epoch, history_text
+
+ROLE = "train"
+PRESET_LEARNING_RATE = 1e-3
+
+
+def build_model(plan: plans.Plan, meta: dict, params: Params, steps_per_epoch: int):
+    """A fresh compiled model for ``plan`` (seeded with ``train.seed``)."""
+    import keras
+
+    keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy("float32")
+    keras.utils.set_random_seed(params.train.seed)
+    input_shape, num_classes = tuple(meta["input_shape"]), int(meta["num_classes"])
+    if plan.source == "preset":
+        from pipeline.presets import build_preset
+
+        try:
+            model = build_preset(plan.preset, input_shape, num_classes)
+        except ValueError as exc:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise ConfigError(
+                f"train.preset: {plan.preset} cannot be built for input shape "
+                f"{list(input_shape)} ({first}); pick another preset or set "
+                "preprocess.image_size"
+            ) from None
+        model.compile(
+            optimizer=keras.optimizers.Adam(PRESET_LEARNING_RATE),
+            loss=keras.losses.SparseCategoricalCrossentropy(),
+            metrics=["accuracy"],
+        )
+        return model
+    return rebuild_tuned(
+        plan.space_file,
+        plan.hyperparameters,
+        input_shape,
+        num_classes,
+        dataset=params.data.dataset,
+        total_steps=steps_per_epoch * params.train.epochs,
+    )
+
+
+def rebuild_tuned(space_file, hyperparameters: dict, input_shape, num_classes: int, **kwargs):
+    """The tuned trial's model, compiled, from its search space and hyperparameter values.
+
+    ``kwargs`` go to ``CNNHyperModel`` (``dataset``, ``total_steps``).
+    """
+    import keras_tuner
+
+    from pipeline.search import load_search_space
+    from pipeline.search.hypermodel import CNNHyperModel
+
+    space = load_search_space(space_file)
+    hp = keras_tuner.HyperParameters()
+    hp.values.update(hyperparameters)
+    hypermodel = CNNHyperModel(space, input_shape, num_classes, **kwargs)
+    return hypermodel.build(hp)
+
+
+def train(
+    params: Params,
+    callbacks: Sequence = (),
+    export: bool = True,
+) -> dict:
+    """Run the train stage with ``params``; return what ``model_info.json`` holds.
+
+    ``callbacks`` are appended after the stage's own (tests interrupt a training with
+    one); ``export=False`` skips the SavedModel.
+    """
+    from pipeline.tuning.data import load_meta, load_splits
+
+    started = time.monotonic()
+    plan = plans.load_plan(params)
+    meta = load_meta()
+    data = tracking.data_tags(paths.PROCESSED / paths.META_FILE)
+    for warning in plans.check_data(plan, meta, params, data["data.sha256"]):
+        log(warning)
+    fingerprint = plans.fingerprint(plan, params, data["data.sha256"], meta)
+
+    splits = load_splits()
+    uri = tracking.tracking_uri(params.mlflow.tracking_uri)
+    experiment = tracking.experiment_name(params)
+    client, exp_id = tracking.open_experiment(uri, experiment)
+    tracking.mark_orphans_killed(client, exp_id)
+    tags = {
+        "git_commit": tracking.git_commit(),
+        "source": plan.source,
+        **data,
+        **tracking.process_tags(ROLE),
+    }
+    if plan.best is not None:
+        tags["family"] = str(plan.family)
+        tags["tune_trial_id"] = str(plan.trial_id)
+        for key in ("mlflow_parent_run_id", "mlflow_run_id"):
+            if plan.best.get(key):
+                tags[f"tune.{key.removeprefix('mlflow_')}"] = str(plan.best[key])
+    else:
+        tags["preset"] = str(plan.preset)
+    run_id = client.create_run(exp_id, run_name=f"train-{plan.name}", tags=tags).info.run_id
+    try:
+        settings = {f"train.{k}": v for k, v in params.train.model_dump(mode="json").items()}
+        settings["source"] = plan.source
+        if plan.hyperparameters is not None:
+            settings.update(plan.hyperparameters)
+            settings["search_space_sha256"] = plan.space_sha256
+        client.log_batch(run_id, params=tracking.params_list(settings))
+        log(f"train: MLflow run {run_id} in experiment {experiment!r} ({uri})")
+        info = _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, export)
+        info.update(mlflow_run_id=run_id, mlflow_experiment_id=exp_id)
+        atomic.write_json(paths.MODEL_INFO, info)
+        client.log_artifact(run_id, str(paths.TRAIN_HISTORY), "train")
+        client.log_artifact(run_id, str(paths.MODEL_INFO), "train")
+        tracking.log_metrics(
+            client,
+            run_id,
+            {
+                "params": info["params"],
+                "train_seconds": info["train_seconds"],
+                "best_val_accuracy": info["val_accuracy"],
+                "best_epoch": info["best_epoch"],
+                "epochs_run": info["epochs_run"],
+            },
+        )
+        Backup(fingerprint).remove()
+        client.set_terminated(run_id, status="FINISHED")
+    except KeyboardInterrupt:
+        client.set_terminated(run_id, status="KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    log(
+        f"train: {plan.name} ({info['params']:,} params) {info['epochs_run']} epoch(s) in "
+        f"{info['train_seconds']:.1f}s; best epoch {info['best_epoch']} "
+        f"val_accuracy={info['val_accuracy']:.4f}; wrote {paths.MODEL}"
+        f"{f', {paths.SAVED_MODEL}/' if export else ''}, {paths.MODEL_INFO} and "
+        f"{paths.TRAIN_HISTORY} ({time.monotonic() - started:.1f}s in all)"
+    )
+    return info
+
+
+def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, export):
+    import keras
+
+    from pipeline.training.callbacks import EpochRecorder
+    from pipeline.tuning.data import fit_inputs, steps_per_epoch
+
+    train_params = params.train
+    steps = steps_per_epoch(len(splits.y_train), train_params.batch_size)
+    model = build_model(plan, meta, params, steps)
+    backup = Backup(fingerprint)
+    done = backup.open()
+    if done and not backup.restore_check(model):
+        done = 0
+        model = build_model(plan, meta, params, steps)
+    params_count = int(model.count_params())
+    if plan.best is not None and plan.best.get("params") not in (None, params_count):
+        log(
+            f"train: warning: the rebuilt model has {params_count:,} parameters, the tuned "
+            f"trial had {plan.best['params']:,}"
+        )
+    client.set_tag(run_id, "resumed_from_epoch", str(done))
+    patience = train_params.early_stopping_patience
+    recorder = EpochRecorder(backup, train_params.epochs, patience, client, run_id)
+    finished = done >= train_params.epochs or recorder.should_stop() or _nan_stopped(backup)
+    what = f"{plan.name} ({params_count:,} params)"
+    where = f"{len(splits.y_train)} training / {len(splits.y_val)} validation images"
+    if finished:
+        log(f"train: the backup holds a finished training of {what} ({done} epochs); saving it")
+    else:
+        resume = f", resuming after epoch {done}" if done else ""
+        log(f"train: {what} on {where}, up to {train_params.epochs} epochs{resume}")
+        fit = fit_inputs(splits, train_params.batch_size, train_params.seed)
+        model.fit(
+            epochs=train_params.epochs,
+            initial_epoch=done,
+            verbose=0,
+            callbacks=[
+                keras.callbacks.TerminateOnNaN(),
+                recorder,
+                keras.callbacks.BackupAndRestore(str(backup.folder), delete_checkpoint=False),
+                *callbacks,
+            ],
+            **fit,
+        )
+        if recorder.stopped_early:
+            log(
+                f"train: stopped early: no val_accuracy gain in "
+                f"{train_params.early_stopping_patience} epochs"
+            )
+        elif _nan_stopped(backup):
+            log("train: the loss became NaN; stopped, keeping the best epoch before it")
+    rows = backup.rows
+    epoch, best = best_epoch(rows)
+    if epoch is None:
+        raise PipelineError(
+            f"train: no epoch gave a finite val_accuracy ({len(rows)} epoch(s)); "
+            "lower the learning rate or check the data"
+        )
+    model.load_weights(backup.best_weights(epoch))
+    _save_model(model)
+    if export:
+        _export(model)
+    atomic.write_text(paths.TRAIN_HISTORY, history_text(rows))
+    return {
+        "source": plan.source,
+        "family": plan.family,
+        "preset": plan.preset,
+        "hyperparameters": plan.hyperparameters,
+        "params": params_count,
+        "epochs_run": len(rows),
+        "best_epoch": epoch,
+        "val_accuracy": best,
+        "train_seconds": round(sum(r["seconds"] for r in rows if math.isfinite(r["seconds"])), 3),
+        "dataset": params.data.dataset,
+        "class_names": meta.get("class_names"),
+        "input_shape": list(meta["input_shape"]),
+        "num_classes": int(meta["num_classes"]),
+        "mlflow_run_id": None,
+        "mlflow_experiment_id": None,
+        "tune_trial_id": plan.trial_id,
+    }
+
+
+def _nan_stopped(backup: Backup) -> bool:
+    return bool(backup.rows) and not math.isfinite(backup.rows[-1]["loss"])
+
+
+def _save_model(model, path: Path = paths.MODEL) -> None:
+    """``model.save`` to a ``.keras`` temp file beside ``path``, then rename it over."""
+
+    def writer(tmp: Path) -> None:
+        keras_tmp = tmp.with_name(tmp.name + ".keras")  # Keras wants the suffix
+        try:
+            model.save(keras_tmp)
+            os.replace(keras_tmp, tmp)
+        finally:
+            keras_tmp.unlink(missing_ok=True)
+
+    atomic.write_with(path, writer)
+
+
+def _export(model, path: Path = paths.SAVED_MODEL) -> None:
+    """``model.export`` as a TF SavedModel, swapped in whole; skipped off TensorFlow."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        log(f"train: no SavedModel export on the {backend} backend (it needs TensorFlow)")
+        return
+    tmp = atomic.temp_dir_beside(path)
+    try:
+        model.export(str(tmp), format="tf_saved_model", verbose=False)
+        atomic.replace_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,281 @@
+"""The train stage on digits, in this process: the tuned configuration rebuilt and trained,
+its outputs, MLflow, resume after an interruption, a damaged backup, presets, errors."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import keras
+import pytest
+import yaml
+
+from pipeline import download, paths, preprocess
+from pipeline.cli import guarded
+from pipeline.config import load_params
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.train import main as train_main
+from pipeline.training.backup import HISTORY_COLUMNS, Backup
+from pipeline.training.callbacks import EpochRecorder
+from pipeline.training.run import train
+from pipeline.tune import main as tune_main
+from tests.tune_helpers import ROOT, all_runs, mlflow_client, read_best, tune_params
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, monkeypatch_module):
+    """digits downloaded, preprocessed and tuned (one 1-epoch trial) once per module."""
+    root = tmp_path_factory.mktemp("tuned")
+    monkeypatch_module.chdir(root)
+    (root / "params.yaml").write_text(yaml.safe_dump({"data": {"dataset": "digits"}}))
+    assert download.main([]) == 0
+    assert preprocess.main([]) == 0
+    tune_params(root, max_trials=1, max_epochs=1)
+    assert tune_main(["--params", "params.yaml"]) == 0
+    return root
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Raises at the end of epoch ``after`` (1-based), as a crash would."""
+
+    def __init__(self, after: int):
+        super().__init__()
+        self.after = after
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.after:
+            raise RuntimeError(f"interrupted after epoch {self.after}")
+
+
+@pytest.fixture
+def proj(tuned, project):
+    """A copy of the tuned project; ``proj.run(callbacks=..., export=..., **train)``."""
+    root = project.path
+    for name in ("data/processed", "search_spaces", "reports/tuning"):
+        shutil.copytree(tuned / name, root / name)
+    shutil.copy(tuned / "mlflow.db", root / "mlflow.db")
+    tune_settings = yaml.safe_load((tuned / "params.yaml").read_text())["tune"]
+
+    class Proj:
+        path = root
+
+        @staticmethod
+        def params(**train_settings):
+            settings = {"epochs": 3, "batch_size": 64, "early_stopping_patience": None}
+            settings.update(train_settings)
+            path = root / "params.yaml"
+            data = {"data": {"dataset": "digits"}, "tune": tune_settings, "train": settings}
+            path.write_text(yaml.safe_dump(data))
+            return path
+
+        @staticmethod
+        def run(callbacks=(), export=False, **train_settings):
+            return train(load_params(Proj.params(**train_settings)), callbacks, export)
+
+    return Proj
+
+
+def read_history(path=paths.TRAIN_HISTORY) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def train_runs(client) -> list:
+    runs = [r for r in all_runs(client) if r.data.tags.get("pipeline.role") == "train"]
+    return sorted(runs, key=lambda r: r.info.start_time)
+
+
+def steps(client, run, metric="val_accuracy") -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run.info.run_id, metric))
+
+
+def test_trains_the_tuned_configuration_and_writes_every_output(proj, capsys):
+    proj.params(epochs=3)
+    assert train_main(["--params", "params.yaml"]) == 0
+    best = read_best(proj.path)
+    model = keras.models.load_model(paths.MODEL, compile=False, safe_mode=True)
+    assert model.count_params() == best["params"]
+    assert tuple(model.input_shape[1:]) == (8, 8, 1) and model.output_shape[-1] == 10
+    x = read_processed("val")
+    probabilities = model.predict(x[:5], verbose=0)
+    assert probabilities.sum(axis=1) == pytest.approx([1.0] * 5, abs=1e-4)
+    assert (paths.SAVED_MODEL / "saved_model.pb").is_file()
+    assert not paths.TRAIN_BACKUP.exists()  # removed after a finished training
+
+    history = read_history()
+    assert list(history[0]) == HISTORY_COLUMNS
+    assert [int(r["epoch"]) for r in history] == [1, 2, 3]
+    info = json.loads(paths.MODEL_INFO.read_text())
+    assert info["source"] == "tune" and info["family"] == best["family"]
+    assert info["preset"] is None and info["tune_trial_id"] == best["trial_id"]
+    assert info["hyperparameters"] == best["hyperparameters"]
+    assert info["params"] == best["params"] and info["epochs_run"] == 3
+    val = [float(r["val_accuracy"]) for r in history]
+    assert info["val_accuracy"] == pytest.approx(max(val))
+    assert info["best_epoch"] == val.index(max(val)) + 1
+    assert info["class_names"] == best["class_names"] and info["input_shape"] == [8, 8, 1]
+    assert info["num_classes"] == 10 and info["dataset"] == "digits"
+    assert info["train_seconds"] > 0
+    assert info["mlflow_experiment_id"] == best["mlflow_experiment_id"]
+
+    client = mlflow_client(proj.path)
+    (run,) = train_runs(client)
+    assert run.info.run_id == info["mlflow_run_id"] and run.info.status == "FINISHED"
+    assert run.info.run_name == f"train-{best['family']}"
+    assert run.data.tags["source"] == "tune"
+    assert run.data.tags["tune.parent_run_id"] == best["mlflow_parent_run_id"]
+    assert run.data.tags["data.dataset"] == "digits"
+    assert run.data.params["train.epochs"] == "3"
+    assert run.data.params["family"] == best["family"]
+    for metric in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
+        assert steps(client, run, metric) == [0, 1, 2]
+    assert run.data.metrics["params"] == best["params"]
+    assert run.data.metrics["best_val_accuracy"] == pytest.approx(info["val_accuracy"])
+    err = capsys.readouterr().err
+    assert "train: epoch 3/3 loss=" in err and "val_accuracy=" in err
+
+
+def read_processed(split: str):
+    import numpy as np
+
+    with np.load(paths.PROCESSED / f"{split}.npz", allow_pickle=False) as npz:
+        return npz["x"]
+
+
+def test_resume_after_an_interruption_continues_at_the_next_epoch(proj, capsys):
+    with pytest.raises(RuntimeError, match="after epoch 2"):
+        proj.run(callbacks=[Interrupt(2)], epochs=5)
+    partial = read_history(paths.TRAIN_BACKUP / "history.csv")
+    assert [int(r["epoch"]) for r in partial] == [1, 2]
+    assert not paths.MODEL.exists()
+
+    info = proj.run(epochs=5)
+    assert "resuming after epoch 2" in capsys.readouterr().err
+    epochs = [int(r["epoch"]) for r in read_history()]
+    assert epochs == [1, 2, 3, 4, 5]  # continues at 3; nothing repeated
+    assert [r["loss"] for r in read_history()[:2]] == [r["loss"] for r in partial]
+    assert info["epochs_run"] == 5
+    # The weights and optimizer state were restored, not retrained from scratch: the saved
+    # (best) model's optimizer has taken every step up to its epoch.
+    model = keras.models.load_model(paths.MODEL)
+    steps_per_epoch = -(-len(read_processed("train")) // 64)
+    assert int(model.optimizer.iterations.numpy()) == info["best_epoch"] * steps_per_epoch
+    client = mlflow_client(proj.path)
+    first, second = train_runs(client)
+    assert first.info.status == "FAILED" and second.info.status == "FINISHED"
+    assert steps(client, first) == [0, 1]
+    assert steps(client, second) == [2, 3, 4]  # only the new epochs
+    assert second.data.tags["resumed_from_epoch"] == "2"
+
+
+class CrashAfterFit(keras.callbacks.Callback):
+    """Raises once training has ended, before the stage writes its outputs."""
+
+    def on_train_end(self, logs=None):
+        raise RuntimeError("crashed after fit")
+
+
+def test_a_finished_backup_is_saved_without_training_again(proj, capsys):
+    with pytest.raises(RuntimeError, match="after fit"):
+        proj.run(callbacks=[CrashAfterFit()], epochs=2)
+    info = proj.run(epochs=2)
+    assert "holds a finished training" in capsys.readouterr().err
+    assert info["epochs_run"] == 2 and [int(r["epoch"]) for r in read_history()] == [1, 2]
+    (_, run) = train_runs(mlflow_client(proj.path))
+    assert steps(mlflow_client(proj.path), run) == []
+
+
+def test_early_stopping_state_comes_from_the_saved_history(tmp_path):
+    backup = Backup({"x": 1}, tmp_path / "backup")
+    backup.rows = [
+        {"epoch": e, "val_accuracy": v} for e, v in enumerate([0.5, 0.9, 0.8, 0.85], start=1)
+    ]
+    recorder = EpochRecorder(backup, epochs=10, patience=2)
+    assert (recorder.best_epoch, recorder.best, recorder.wait) == (2, 0.9, 2)
+    assert recorder.should_stop()
+    assert not EpochRecorder(backup, epochs=10, patience=3).should_stop()
+    assert not EpochRecorder(backup, epochs=10, patience=None).should_stop()
+
+
+def test_a_corrupt_backup_falls_back_to_training_from_scratch(proj, capsys):
+    with pytest.raises(RuntimeError):
+        proj.run(callbacks=[Interrupt(1)], epochs=2)
+    weights = paths.TRAIN_BACKUP / "latest.weights.h5"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    info = proj.run(epochs=2)
+    assert "is damaged" in capsys.readouterr().err
+    assert [int(r["epoch"]) for r in read_history()] == [1, 2]
+    assert info["epochs_run"] == 2
+    (_, run) = train_runs(mlflow_client(proj.path))
+    assert run.data.tags["resumed_from_epoch"] == "0"
+
+
+def test_a_backup_of_other_settings_is_discarded(proj, capsys):
+    with pytest.raises(RuntimeError):
+        proj.run(callbacks=[Interrupt(1)], epochs=2)
+    info = proj.run(epochs=2, seed=7)
+    assert "is of another training (train.seed changed)" in capsys.readouterr().err
+    assert info["epochs_run"] == 2 and [int(r["epoch"]) for r in read_history()] == [1, 2]
+
+
+def test_a_preset_trains_as_a_baseline(proj):
+    info = proj.run(preset="seed_cnn", epochs=1)
+    assert info["source"] == "preset" and info["preset"] == "seed_cnn"
+    assert info["family"] is None and info["hyperparameters"] is None
+    model = keras.models.load_model(paths.MODEL, compile=False, safe_mode=True)
+    assert model.name == "seed_cnn" and model.count_params() == info["params"]
+    (run,) = train_runs(mlflow_client(proj.path))
+    assert run.info.run_name == "train-seed_cnn" and run.info.status == "FINISHED"
+    assert run.data.params["train.preset"] == "seed_cnn"
+
+
+def test_preset_errors_are_one_line(proj):
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; known: seed_fnn, seed_cnn"):
+        proj.run(preset="nope")
+    with pytest.raises(ConfigError, match="lenet5 cannot be built for input shape"):
+        proj.run(preset="lenet5")
+    # A failure after the run opened leaves it FAILED, never RUNNING.
+    assert [r.info.status for r in train_runs(mlflow_client(proj.path))] == ["FAILED"]
+
+
+def test_missing_best_hparams_or_a_changed_search_space_is_a_clear_error(proj, capsys):
+    proj.params()
+    space = proj.path / read_best(proj.path)["search_space"]
+    space.write_text(space.read_text() + "\n# edited\n")
+    assert guarded(train_main, ["--params", "params.yaml"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "changed since the tune stage" in err
+    assert len(err.splitlines()) == 1
+    space.unlink()
+    with pytest.raises(PipelineError, match="search-space file .* is missing"):
+        train_main(["--params", "params.yaml"])
+    paths.BEST_HPARAMS.unlink()
+    with pytest.raises(PipelineError, match="missing; run the tune stage first"):
+        train_main(["--params", "params.yaml"])
+    assert train_runs(mlflow_client(proj.path)) == []
+
+
+def test_smoothing_and_augmentation_models_load_without_the_pipeline(proj):
+    best = json.loads(paths.BEST_HPARAMS.read_text())
+    best["hyperparameters"].update(augment=True, label_smoothing=0.1, lr_schedule="cosine")
+    paths.BEST_HPARAMS.write_text(json.dumps(best))
+    proj.run(epochs=1)
+    code = (
+        "import sys, keras, numpy as np; "
+        "m = keras.models.load_model(sys.argv[1], compile=False, safe_mode=True); "
+        "p = m.predict(np.zeros((2, 8, 8, 1), 'float32'), verbose=0); "
+        "assert 'pipeline' not in sys.modules; print(p.shape, round(float(p.sum()), 3))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(paths.MODEL.resolve())],
+        cwd=ROOT.parent, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "(2, 10) 2.0"
