@@ -1,0 +1,182 @@
+"""``python -m pipeline predict PATH...``: top-k classes for image files or ``.npy`` batches.
+
+The model is the registry's ``models:/<name>@champion`` (name: ``register.model_name``,
+else ``<dataset>-classifier``) or ``--model file.keras``; it is loaded in Keras safe mode.
+Images of any size and mode are converted exactly as the preprocess stage converts them
+(``pipeline.data.images.convert_image`` to the model's input height, width and channels,
+then scaled to [0, 1]). A ``.npy`` holds ``(N, H, W, C)`` or ``(H, W, C)``: floats in
+[0, 1] or 0-255 pixels (uint8). A file that cannot be read is reported on stderr and the
+others are still predicted; the exit code is then 1.
+"""
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import paths, tracking
+from pipeline.cli import guarded, stage_parser
+from pipeline.config import Params, load_params
+from pipeline.console import log
+from pipeline.errors import DataError, PipelineError
+
+
+def parser():
+    p = stage_parser("predict")
+    p.add_argument("inputs", nargs="+", metavar="PATH", help="image files or .npy arrays")
+    p.add_argument("--model", help="a .keras file to use instead of the registry's @champion")
+    p.add_argument("--top-k", type=int, default=3, help="classes shown per input (default 3)")
+    p.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
+    return p
+
+
+def main(argv=None) -> int:
+    """Predict every input; print the top-k classes; exit 1 if any input failed."""
+    p = parser()
+    args = p.parse_args(argv)
+    if args.top_k < 1:
+        p.error("--top-k: must be at least 1")
+    if args.model and args.params == str(paths.PARAMS) and not paths.PARAMS.exists():
+        params = Params()  # --model needs no params.yaml
+    else:
+        params = load_params(args.params)
+
+    from pipeline.registry import models
+
+    if args.model:
+        model = models.load_keras(Path(args.model))
+        class_names = local_class_names(models.input_shape(model), _num_outputs(model))
+        source = str(args.model)
+    else:
+        model, class_names, source = load_champion(params)
+    shape = models.input_shape(model)
+    if class_names is None or len(class_names) != _num_outputs(model):
+        class_names = [str(i) for i in range(_num_outputs(model))]
+        log("predict: warning: no class names for this model; showing class indices")
+
+    batches, names, errors = [], [], []
+    for path in args.inputs:
+        try:
+            x, batch = read_input(Path(path), shape)
+        except DataError as exc:
+            errors.append({"input": path, "error": str(exc)})
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            continue
+        batches.append(x)
+        if batch:
+            names += [f"{path}[{i}]" for i in range(len(x))]
+        else:
+            names.append(path)
+
+    results = []
+    if batches:
+        probs = models.predict_probs(model, np.concatenate(batches), f"model {source}")
+        k = min(args.top_k, probs.shape[1])
+        for name, row in zip(names, probs, strict=True):
+            top = np.argsort(-row, kind="stable")[:k]
+            results.append(
+                {
+                    "input": name,
+                    "top": [{"label": class_names[i], "probability": float(row[i])} for i in top],
+                }
+            )
+    if args.json:
+        out = {"model": source, "predictions": results, "errors": errors}
+        print(json.dumps(out, indent=2))
+    else:
+        for r in results:
+            shown = "  ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"])
+            print(f"{r['input']}: {shown}")
+    return 1 if errors else 0
+
+
+def _num_outputs(model) -> int:
+    return int(model.output_shape[-1])
+
+
+def local_class_names(shape, n: int) -> list[str] | None:
+    """Class names for a ``--model`` file: meta.json, else models/model_info.json."""
+    for file in (paths.PROCESSED / paths.META_FILE, paths.MODEL_INFO):
+        try:
+            names = json.loads(Path(file).read_text()).get("class_names")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(names, list) and len(names) == n:
+            return [str(c) for c in names]
+    return None
+
+
+def load_champion(params):
+    """``(keras model, class names, "models:/<name>@champion (version N)")``."""
+    from pipeline.register import CHAMPION, model_name
+    from pipeline.registry import models
+
+    name = model_name(params)
+    uri = tracking.tracking_uri(params.mlflow.tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise PipelineError(
+            f"no MLflow store at {uri}; run `python -m pipeline register` first or pass --model"
+        )
+    client = tracking.client(uri)
+    try:
+        mv = models.get_alias(client, name, CHAMPION)
+    except Exception as exc:  # noqa: BLE001 - an unreachable store, a broken database
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise PipelineError(f"MLflow store {uri}: {first}") from None
+    if mv is None:
+        raise PipelineError(
+            f"model {name!r} has no @{CHAMPION} in {uri}; run `python -m pipeline register` "
+            "first or pass --model FILE.keras"
+        )
+    with models.temp_dir("predict-") as tmp:
+        local = models.download_version(client, name, str(mv.version), Path(tmp))
+        model = models.load_keras(local.model_file)
+    return model, local.class_names, f"models:/{name}@{CHAMPION} (version {mv.version})"
+
+
+def read_input(path: Path, shape) -> tuple[np.ndarray, bool]:
+    """``(float32 (N, H, W, C) in [0, 1], whether the file is a batch)``; DataError naming it."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if path.suffix.lower() == ".npy":
+        from pipeline.registry.pyfunc_model import scale_images
+
+        try:
+            x = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+            raise DataError(f"{path}: array of {x.dtype}; expected floats or uint8 pixels")
+        try:
+            return scale_images(x, shape), x.ndim == len(shape) + 1 or (
+                shape[-1] == 1 and x.ndim == len(shape) and x.shape[-1] != 1
+            )
+        except ValueError as exc:
+            raise DataError(f"{path}: {exc}") from None
+    return read_image(path, shape)[None], False
+
+
+def read_image(path: Path, shape) -> np.ndarray:
+    """Decode and convert one image exactly as the preprocess stage does."""
+    from PIL import Image
+
+    from pipeline.data.images import convert_image
+    from pipeline.data.prepare import to_float
+
+    height, width, channels = shape
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                arr = convert_image(img, (height, width), channels)
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types on bad files
+        reason = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+        raise DataError(f"{path}: cannot decode the image ({reason})") from None
+    return to_float(arr)
+
+
+if __name__ == "__main__":
+    sys.exit(guarded(main))

@@ -1,0 +1,278 @@
+"""Stage register: the trained model into the MLflow Model Registry, behind a promotion gate.
+
+The candidate (``models/model.keras``) and the current ``@champion`` are both scored on the
+same test split (``data/processed/test.npz``): no stored number from another data version
+is trusted. The candidate becomes ``@champion`` only if it is better by at least
+``register.min_delta`` (and, with ``register.significance``, McNemar's test on the paired
+predictions agrees); otherwise it becomes ``@challenger``. The first model is champion.
+The decision goes to ``reports/registry.json``. Missing or NaN metrics register nothing.
+"""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import atomic, paths, tracking
+from pipeline.cli import guarded, stage_parser
+from pipeline.config import load_params
+from pipeline.console import log
+from pipeline.errors import DataError, PipelineError
+from pipeline.registry import models
+from pipeline.registry.gate import Decision, decide
+from pipeline.tuning.data import load_meta, load_split
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+SHA_TAG = "model.sha256"
+
+
+def model_name(params) -> str:
+    """``register.model_name``, else ``<dataset>-classifier``."""
+    return params.register.model_name or f"{params.data.dataset}-classifier"
+
+
+def read_metrics(path: Path = paths.METRICS) -> dict:
+    """``reports/metrics.json`` with a finite ``accuracy``; DataError otherwise."""
+    path = Path(path)
+    try:
+        metrics = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(
+            f"{path}: missing; run `python -m pipeline evaluate` first; nothing registered"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable ({exc}); nothing registered") from None
+    acc = metrics.get("accuracy") if isinstance(metrics, dict) else None
+    if isinstance(acc, bool) or not isinstance(acc, int | float):
+        raise DataError(f"{path}: no numeric 'accuracy' (got {acc!r}); nothing registered")
+    if not math.isfinite(acc) or not 0.0 <= acc <= 1.0:
+        raise DataError(f"{path}: accuracy is {acc!r}, not a number in [0, 1]; nothing registered")
+    return metrics
+
+
+def read_model_info(path: Path = paths.MODEL_INFO) -> dict:
+    path = Path(path)
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        log(f"register: warning: {path} missing; the model is logged in a new MLflow run")
+        return {}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable ({exc}); rerun the train stage") from None
+    return info if isinstance(info, dict) else {}
+
+
+def main(argv=None) -> int:
+    """Score candidate and champion on the test split, gate, register, write registry.json."""
+    args = stage_parser("register").parse_args(argv)
+    params = load_params(args.params)
+    reg = params.register
+    name = model_name(params)
+
+    # Everything that can refuse the stage comes before MLflow is touched.
+    metrics = read_metrics()
+    info = read_model_info()
+    meta = load_meta()
+    x_test, y_test = load_split("test")
+    class_names = [str(c) for c in meta["class_names"]]
+    if info.get("class_names") is not None and list(info["class_names"]) != class_names:
+        raise DataError(
+            f"{paths.MODEL_INFO}: class names differ from {paths.PROCESSED}/meta.json; the "
+            "model was trained on other data; rerun train and evaluate"
+        )
+    candidate = models.load_keras(paths.MODEL)
+    shape = models.input_shape(candidate)
+    if list(shape) != list(meta["input_shape"]):
+        raise DataError(
+            f"{paths.MODEL}: input shape {list(shape)} but the test split is "
+            f"{meta['input_shape']}; rerun train and evaluate"
+        )
+    probs = models.predict_probs(candidate, x_test, f"candidate {paths.MODEL}")
+    if probs.shape[1] != len(class_names):
+        raise DataError(
+            f"{paths.MODEL}: {probs.shape[1]} outputs for {len(class_names)} classes; rerun train"
+        )
+    cand_correct = probs.argmax(axis=1) == y_test
+    cand_acc = float(cand_correct.mean())
+    if abs(cand_acc - float(metrics["accuracy"])) > 1e-3:
+        log(
+            f"register: warning: {paths.METRICS} says accuracy {metrics['accuracy']:.4f}, "
+            f"the model scores {cand_acc:.4f} on the test split; the gate uses {cand_acc:.4f}"
+        )
+    model_sha = models.sha256(paths.MODEL)
+    meta_file = paths.PROCESSED / paths.META_FILE
+    data_sha = tracking.data_tags(meta_file)["data.sha256"]
+
+    uri = tracking.tracking_uri(params.mlflow.tracking_uri)
+    client, exp_id = tracking.open_experiment(uri, tracking.experiment_name(params))
+    ensure_registered_model(client, name)
+    champion = models.get_alias(client, name, CHAMPION)
+    existing = same_model_version(client, name, model_sha)
+    champion_version = str(champion.version) if champion else None
+
+    record = {
+        "decision": None,
+        "reason": None,
+        "model_name": name,
+        "candidate": {
+            "version": str(existing.version) if existing else None,
+            "accuracy": cand_acc,
+            "metrics_accuracy": float(metrics["accuracy"]),
+            "model_sha256": model_sha,
+            "run_id": existing.run_id if existing else None,
+            "new_version": existing is None,
+        },
+        "champion_before": None,
+        "champion_after": None,
+        "min_delta": reg.min_delta,
+        "significance": reg.significance,
+        "mcnemar": None,
+        "num_test": int(len(y_test)),
+        "data_sha256": data_sha,
+    }
+
+    if champion is not None and existing is not None and champion_version == str(existing.version):
+        decision = Decision(True, f"this model is already {CHAMPION} (version {champion_version})")
+        record["champion_before"] = {"version": champion_version, "accuracy": cand_acc}
+    else:
+        champ_correct = None
+        if champion is not None:
+            champ_acc, champ_correct, why_not = score_champion(
+                client, name, champion_version, x_test, y_test, class_names
+            )
+            record["champion_before"] = {"version": champion_version, "accuracy": champ_acc}
+        if champion is not None and champ_correct is None:
+            decision = Decision(False, why_not)
+        else:
+            label = f"{CHAMPION} v{champion_version}" if champion else CHAMPION
+            decision = decide(cand_correct, champ_correct, reg.min_delta, reg.significance, label)
+    if decision.mcnemar is not None:
+        record["mcnemar"] = decision.mcnemar.as_dict()
+
+    if existing is None:
+        version, run_id = log_and_register(
+            client, exp_id, name, info, meta_file, class_names, x_test, model_sha, data_sha,
+            cand_acc, decision,
+        )  # fmt: skip
+        record["candidate"].update(version=version, run_id=run_id)
+    else:
+        version = str(existing.version)
+    alias = CHAMPION if decision.promote else CHALLENGER
+    if not (alias == CHAMPION and champion_version == version):
+        client.set_registered_model_alias(name, alias, version)
+    if alias == CHAMPION:
+        current = models.get_alias(client, name, CHALLENGER)
+        if current is not None and str(current.version) == version:
+            client.delete_registered_model_alias(name, CHALLENGER)
+    client.set_model_version_tag(name, version, "pipeline.decision", alias)
+    record["decision"] = alias
+    record["reason"] = decision.reason
+    after = version if decision.promote else champion_version
+    record["champion_after"] = {"version": after}
+    atomic.write_json(paths.REGISTRY, record)
+    log(f"register: {name} version {version} -> @{alias}: {decision.reason}")
+    return 0
+
+
+def ensure_registered_model(client, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        try:
+            client.create_registered_model(
+                name, description="image classifier registered by the cnn-automl pipeline"
+            )
+        except MlflowException as again:  # created meanwhile by another process
+            if again.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+
+def same_model_version(client, name: str, model_sha: str):
+    """An earlier version of ``name`` made from this very model file, if any."""
+    quoted = name.replace("'", "\\'")
+    versions = client.search_model_versions(f"name = '{quoted}'", max_results=10000)
+    same = [v for v in versions if v.tags.get(SHA_TAG) == model_sha]
+    return max(same, key=lambda v: int(v.version)) if same else None
+
+
+def score_champion(client, name, version, x_test, y_test, class_names):
+    """``(accuracy, correct mask, None)``, or ``(None, None, reason)`` if not comparable."""
+    label = f"{CHAMPION} v{version}"
+    keep = f"not comparable, so the {CHAMPION} is kept; move the alias by hand to replace it"
+    with models.temp_dir("champion-") as tmp:
+        local = models.download_version(client, name, version, Path(tmp))
+        model = models.load_keras(local.model_file)
+        shape, want = models.input_shape(model), tuple(x_test.shape[1:])
+        if shape != want:
+            why = f"{label} takes input {list(shape)}, the test split is {list(want)}: {keep}"
+            return None, None, why
+        if local.class_names is not None and list(local.class_names) != class_names:
+            why = f"{label} has classes {local.class_names}, the test split {class_names}: {keep}"
+            return None, None, why
+        probs = models.predict_probs(model, x_test, label)
+    correct = probs.argmax(axis=1) == y_test
+    return float(correct.mean()), correct, None
+
+
+def log_and_register(
+    client, exp_id, name, info, meta_file, class_names, x_test, model_sha, data_sha, acc, decision
+):
+    """Log both model flavours to the train run (or a new register run); create a version."""
+    from mlflow.exceptions import MlflowException
+
+    run_id, own_run = info.get("mlflow_run_id"), False
+    if run_id:
+        try:
+            if client.get_run(run_id).info.lifecycle_stage != "active":
+                run_id = None
+        except MlflowException:
+            run_id = None
+    if not run_id:
+        tags = {
+            **tracking.process_tags("register"),
+            **tracking.data_tags(meta_file),
+            "git.commit": tracking.git_commit(),
+        }
+        run_id = client.create_run(exp_id, run_name="register", tags=tags).info.run_id
+        own_run = True
+    status = "FAILED"
+    try:
+        example = x_test[:2].astype(np.float32)
+        with models.temp_dir("register-") as tmp:
+            pyfunc_dir, keras_dir = models.save_models(paths.MODEL, class_names, example, Path(tmp))
+            client.log_artifacts(run_id, str(pyfunc_dir), models.PYFUNC_PATH)
+            client.log_artifacts(run_id, str(keras_dir), models.KERAS_PATH)
+        tracking.log_metrics(client, run_id, {"register_test_accuracy": acc})
+        artifact_uri = client.get_run(run_id).info.artifact_uri
+        tags = {
+            SHA_TAG: model_sha,
+            "data.sha256": data_sha,
+            "test_accuracy": f"{acc:.6f}",
+            **{k: str(info[k]) for k in ("family", "preset", "source") if info.get(k)},
+        }
+        version = client.create_model_version(
+            name,
+            source=f"{artifact_uri.rstrip('/')}/{models.PYFUNC_PATH}",
+            run_id=run_id,
+            tags=tags,
+            description=f"test accuracy {acc:.4f}; gate: {decision.reason}",
+        ).version
+        status = "FINISHED"
+    except MlflowException as exc:
+        first = (str(exc).strip().splitlines() or ["?"])[0][:300]
+        raise PipelineError(f"MLflow: registering {name} failed: {first}") from None
+    finally:
+        if own_run:
+            client.set_terminated(run_id, status=status)
+    return str(version), run_id
+
+
+if __name__ == "__main__":
+    sys.exit(guarded(main))

@@ -1,0 +1,245 @@
+"""The register stage: champion/challenger gate in a real (SQLite) MLflow registry."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import register
+from pipeline.errors import DataError
+from pipeline.registry.gate import decide
+from pipeline.registry.mcnemar import mcnemar
+
+CLASSES = ["alpha", "beta", "gamma"]
+SHAPE = (8, 8, 1)
+
+
+def templates() -> np.ndarray:
+    """(64, 3): class k lights up rows 3k..3k+1 of the 8x8 image."""
+    t = np.zeros((3,) + SHAPE, np.float32)
+    for k in range(3):
+        t[k, 3 * k : 3 * k + 2] = 1.0
+    return t.reshape(3, -1).T
+
+
+def make_split(n: int = 60, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    x = 0.3 * rng.random((n,) + SHAPE, dtype=np.float32)
+    x += 0.7 * templates().T[y].reshape((n,) + SHAPE)
+    return np.clip(x, 0, 1).astype(np.float32), y.astype(np.int64)
+
+
+def build_model(kind: str):
+    """A Flatten+Dense softmax classifier with hand-set weights.
+
+    good: ~100% accuracy; medium: class 2 predicted as 1 (~67%); bad: every class wrong.
+    """
+    import keras
+
+    w = templates() * 10.0
+    if kind == "medium":
+        w[:, 2] = w[:, 1]
+        w[:, 2] -= 0.1
+    elif kind == "bad":
+        w = w[:, [1, 2, 0]]
+    elif kind != "good":
+        raise ValueError(kind)
+    model = keras.Sequential(
+        [keras.Input(SHAPE), keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")]
+    )
+    model.layers[-1].set_weights([w, np.zeros(3, np.float32)])
+    return model
+
+
+def write_processed(root, x=None, y=None):
+    x, y = (x, y) if x is not None else make_split()
+    out = root / "data" / "processed"
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "test.npz", x=x, y=y)
+    meta = {
+        "dataset": "digits",
+        "class_names": CLASSES,
+        "num_classes": 3,
+        "input_shape": list(SHAPE),
+        "source_checksums": {"digits.csv": "0" * 64},
+        "preprocess": {"image_size": None, "color_mode": "auto"},
+    }
+    (out / "meta.json").write_text(json.dumps(meta))
+
+
+def write_candidate(root, kind: str, accuracy=None, run_id=None):
+    """models/model.keras + model_info.json + reports/metrics.json for a ``kind`` model."""
+    (root / "models").mkdir(exist_ok=True)
+    (root / "reports").mkdir(exist_ok=True)
+    model = build_model(kind)
+    model.save(root / "models" / "model.keras")
+    if accuracy is None:
+        x, y = np.load(root / "data/processed/test.npz").values()
+        accuracy = float((model.predict(x, verbose=0).argmax(1) == y).mean())
+    info = {"source": "test", "family": kind, "class_names": CLASSES, "mlflow_run_id": run_id}
+    (root / "models" / "model_info.json").write_text(json.dumps(info))
+    metrics = {"accuracy": accuracy, "loss": 0.5, "macro_f1": 0.5, "num_test": 60}
+    (root / "reports" / "metrics.json").write_text(json.dumps(metrics))
+    return accuracy
+
+
+@pytest.fixture
+def reg_project(project, monkeypatch):
+    """A project with processed test data and a SQLite MLflow store; params given."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    project.params(
+        data={"dataset": "digits"},
+        register={"min_delta": 0.0},
+        mlflow={"tracking_uri": "sqlite:///mlflow.db"},
+    )
+    write_processed(project.path)
+    return project
+
+
+def registry_state(root, name="digits-classifier"):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    versions = client.search_model_versions(f"name = '{name}'")
+    aliases = {a: str(v) for a, v in client.get_registered_model(name).aliases.items()}
+    return client, sorted(int(v.version) for v in versions), aliases
+
+
+def report(root) -> dict:
+    return json.loads((root / "reports" / "registry.json").read_text())
+
+
+def test_first_becomes_champion_then_worse_is_challenger_then_better_takes_over(reg_project):
+    root = reg_project.path
+    write_candidate(root, "medium")
+    assert register.main([]) == 0
+    rec = report(root)
+    assert rec["decision"] == "champion" and rec["champion_before"] is None
+    assert rec["candidate"]["version"] == "1" and "first model" in rec["reason"]
+    _, versions, aliases = registry_state(root)
+    assert versions == [1] and aliases == {"champion": "1"}
+
+    write_candidate(root, "bad")
+    assert register.main([]) == 0
+    rec = report(root)
+    assert rec["decision"] == "challenger"
+    assert rec["champion_before"]["version"] == "1"
+    assert rec["champion_before"]["accuracy"] == pytest.approx(2 / 3)
+    assert rec["candidate"]["accuracy"] == 0.0 and "worse" in rec["reason"]
+    _, versions, aliases = registry_state(root)
+    assert versions == [1, 2] and aliases == {"champion": "1", "challenger": "2"}
+
+    write_candidate(root, "good")
+    assert register.main([]) == 0
+    rec = report(root)
+    assert rec["decision"] == "champion" and rec["candidate"]["version"] == "3"
+    assert rec["champion_before"] == {"version": "1", "accuracy": pytest.approx(2 / 3)}
+    assert rec["candidate"]["accuracy"] == 1.0 and rec["champion_after"]["version"] == "3"
+    client, versions, aliases = registry_state(root)
+    assert versions == [1, 2, 3] and aliases == {"champion": "3", "challenger": "2"}
+
+    # The registered version is the pyfunc (class names) and also logged as Keras flavour.
+    mv = client.get_model_version("digits-classifier", "3")
+    assert mv.source.endswith("/classifier") and mv.tags["model.sha256"]
+    listed = {f.path for f in client.list_artifacts(mv.run_id)}
+    assert {"classifier", "keras_model"} <= listed
+    mlmodel = (root / "mlartifacts").rglob("keras_model/MLmodel")
+    text = next(mlmodel).read_text()
+    assert "keras" in text and "signature" in text and "saved_input_example_info" in text
+
+    # Registering the same model file again adds no version and keeps it champion.
+    assert register.main([]) == 0
+    rec = report(root)
+    assert rec["decision"] == "champion" and rec["candidate"]["new_version"] is False
+    assert registry_state(root)[1:] == ([1, 2, 3], {"champion": "3", "challenger": "2"})
+
+
+def test_min_delta_and_significance_keep_champion(reg_project):
+    root = reg_project.path
+    write_candidate(root, "medium")
+    assert register.main([]) == 0
+    reg_project.params(
+        data={"dataset": "digits"},
+        register={"min_delta": 0.5},  # good gains 1/3 only
+        mlflow={"tracking_uri": "sqlite:///mlflow.db"},
+    )
+    write_candidate(root, "good")
+    assert register.main([]) == 0
+    rec = report(root)
+    assert rec["decision"] == "challenger" and "min_delta" in rec["reason"]
+    assert registry_state(root)[2] == {"champion": "1", "challenger": "2"}
+
+    # 5 test images: good beats medium on 1 or 2 of them, far from significant.
+    x, y = make_split(5)
+    write_processed(root, x, y)
+    reg_project.params(
+        data={"dataset": "digits"},
+        register={"min_delta": 0.0, "significance": 0.05},
+        mlflow={"tracking_uri": "sqlite:///mlflow.db"},
+    )
+    assert register.main([]) == 0
+    rec = report(root)
+    assert rec["decision"] == "challenger" and "not significant" in rec["reason"]
+    assert rec["mcnemar"]["method"] == "exact" and rec["mcnemar"]["p_value"] >= 0.05
+    assert registry_state(root)[2] == {"champion": "1", "challenger": "2"}
+
+
+@pytest.mark.parametrize("accuracy", [float("nan"), None, "high"])
+def test_nan_or_missing_metrics_refused_and_nothing_registered(reg_project, accuracy, capsys):
+    root = reg_project.path
+    write_candidate(root, "medium")
+    assert register.main([]) == 0
+    write_candidate(root, "good", accuracy=0.9)
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    metrics["accuracy"] = accuracy
+    if accuracy is None:
+        del metrics["accuracy"]
+    (root / "reports/metrics.json").write_text(json.dumps(metrics))
+    before = report(root)
+    with pytest.raises(DataError, match="accuracy.*nothing registered"):
+        register.main([])
+    assert registry_state(root)[1:] == ([1], {"champion": "1"})
+    assert report(root) == before
+
+
+def test_missing_metrics_is_one_line_error(reg_project):
+    from tests.conftest import run_cli
+
+    write_candidate(reg_project.path, "good")
+    (reg_project.path / "reports/metrics.json").unlink()
+    done = run_cli("register", cwd=reg_project.path, env={"MLFLOW_TRACKING_URI": ""})
+    assert done.returncode == 1
+    assert "error: reports/metrics.json: missing" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (reg_project.path / "mlflow.db").exists()
+
+
+def test_gate_rules():
+    good = np.array([1, 1, 1, 1], bool)
+    worse = np.array([1, 1, 0, 0], bool)
+    assert decide(good, None, 0.0, None).promote
+    assert not decide(worse, good, 0.0, None).promote
+    assert not decide(good, good, 0.0, None).promote  # a tie keeps the champion
+    assert decide(good, worse, 0.5, None).promote  # gain 0.5 >= 0.5
+    assert not decide(good, worse, 0.51, None).promote
+
+
+def test_mcnemar_exact_and_chi2():
+    from scipy.stats import binomtest, chi2
+
+    cand = np.array([True] * 10 + [False] * 2 + [True] * 5)
+    champ = np.array([False] * 10 + [True] * 2 + [True] * 5)
+    result = mcnemar(cand, champ)
+    assert (result.b, result.c, result.method) == (10, 2, "exact")
+    assert result.p_value == pytest.approx(binomtest(2, 12, 0.5).pvalue)
+    assert result.p_value == pytest.approx(
+        2 * sum(__import__("math").comb(12, k) for k in range(3)) / 2**12
+    )
+
+    cand = np.array([True] * 40 + [False] * 20)
+    champ = np.array([False] * 40 + [True] * 20)
+    result = mcnemar(cand, champ)
+    assert (result.b, result.c, result.method) == (40, 20, "chi2-cc")
+    assert result.p_value == pytest.approx(chi2.sf((20 - 1) ** 2 / 60, 1))
+    assert mcnemar(cand, cand).p_value == 1.0

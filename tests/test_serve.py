@@ -1,0 +1,98 @@
+"""`mlflow models serve` of the registered champion answers with class names."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import register
+from tests.test_register import CLASSES, templates, write_candidate, write_processed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.5)
+    raise AssertionError("server not ready in time")
+
+
+def post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(
+        f"{url}/invocations",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.e2e  # the project marks tests that drive the mlflow server e2e
+def test_mlflow_models_serve_champion(project, monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    project.params(data={"dataset": "digits"}, mlflow={"tracking_uri": "sqlite:///mlflow.db"})
+    write_processed(project.path)
+    write_candidate(project.path, "good")
+    assert register.main([]) == 0
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project.path / 'mlflow.db'}"}
+    env.pop("PYTHONPATH", None)
+    # mlflow starts `uvicorn` by name: the venv's bin must be on PATH (an activated venv).
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed below
+    elsewhere = tmp_path / "elsewhere"  # the model must not need the project as cwd
+    elsewhere.mkdir()
+    mlflow_cli = Path(sys.executable).parent / "mlflow"
+    proc = subprocess.Popen(
+        [str(mlflow_cli), "models", "serve", "-m", "models:/digits-classifier@champion",
+         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+        cwd=elsewhere, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        try:
+            wait_ready(url, proc)
+        except AssertionError:
+            log.flush()
+            raise AssertionError((tmp_path / "serve.log").read_text()[-4000:]) from None
+        x = np.stack([templates()[:, k].reshape(8, 8, 1) for k in (2, 0, 1)])
+        answer = post(url, {"inputs": x.tolist()})
+        rows = answer["predictions"]
+        assert [r["label"] for r in rows] == ["gamma", "alpha", "beta"]
+        for r in rows:
+            assert set(r["probabilities"]) == set(CLASSES)
+            assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+            assert r["probability"] == pytest.approx(max(r["probabilities"].values()))
+        # 0-255 pixels are accepted too.
+        pixels = post(url, {"inputs": (x[:1] * 255).tolist()})["predictions"]
+        assert pixels[0]["label"] == "gamma"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+        log.close()
