@@ -145,8 +145,14 @@ def read_input(path: Path, shape) -> tuple[np.ndarray, bool]:
 
         try:
             x = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+        except Exception as exc:  # empty, truncated, not numpy at all: this file only
+            raise DataError(
+                f"{path}: not a readable .npy array ({exc or type(exc).__name__})"
+            ) from None
+        if not isinstance(x, np.ndarray):  # a zip (.npz) renamed .npy loads as NpzFile
+            if hasattr(x, "close"):
+                x.close()
+            raise DataError(f"{path}: not a single .npy array")
         if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
             raise DataError(f"{path}: array of {x.dtype}; expected floats or uint8 pixels")
         try:

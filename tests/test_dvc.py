@@ -79,25 +79,32 @@ def test_dvc_repro_stops_on_a_params_typo(repo):
     assert not (repo / "data/raw/digits").exists()
 
 
-def test_dvc_repro_runs_the_tune_stage_and_keeps_its_saved_search(repo):
+def test_dvc_repro_runs_the_whole_dag_and_tune_keeps_its_saved_search(repo):
     from tests.tune_helpers import write_space
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["tune"].update(
         search_space=write_space(repo), algorithm="random", max_trials=2, max_epochs=1
     )
+    params["train"]["epochs"] = 2
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    first = _run(["dvc", "repro", "tune"], repo)
+    first = _run(["dvc", "repro"], repo)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "Running stage 'tune'" in first.stdout
+    for stage in ("tune", "train", "evaluate", "register"):
+        assert f"Running stage '{stage}'" in first.stdout
     assert (repo / "reports/tuning/best_hparams.json").is_file()
+    assert (repo / "models/saved_model").is_dir() and (repo / "reports/report.html").is_file()
+    with open(repo / "reports/registry.json") as fh:
+        assert json.load(fh)["decision"] == "champion"
+    shown = _run(["dvc", "metrics", "show"], repo)
+    assert shown.returncode == 0 and "accuracy" in shown.stdout
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(lock["stages"]["tune"]["params"]["params.yaml"]) == {
         "data.dataset",
         "tune",
         "mlflow",
     }
-    again = _run(["dvc", "repro", "tune"], repo)
+    again = _run(["dvc", "repro"], repo)
     assert "Running stage" not in again.stdout
 
     # More trials: the stage reruns and DVC kept models/tuner/, so the search continues.

@@ -40,5 +40,5 @@ def mcnemar(candidate_correct: np.ndarray, champion_correct: np.ndarray) -> McNe
         return McNemar(b, c, float(min(1.0, p)), "exact")
     from scipy.stats import chi2
 
-    stat = (abs(b - c) - 1.0) ** 2 / n
+    stat = max(abs(b - c) - 1.0, 0.0) ** 2 / n  # continuity correction, never below 0
     return McNemar(b, c, float(chi2.sf(stat, df=1)), "chi2-cc")

@@ -62,7 +62,8 @@ def best_epoch(rows: list[dict]) -> tuple[int | None, float | None]:
     epoch = best = None
     for row in rows:
         value = row["val_accuracy"]
-        if math.isfinite(value) and (best is None or value > best):
+        diverged = not math.isfinite(row.get("loss", 0.0))  # NaN weights, finite accuracy
+        if math.isfinite(value) and not diverged and (best is None or value > best):
             epoch, best = int(row["epoch"]), value
     return epoch, best
 
@@ -115,6 +116,10 @@ class Backup:
     def _committed_rows(self) -> list[dict]:
         metadata = self.folder / METADATA_FILE
         if not metadata.exists():
+            if self.latest_weights.exists():
+                # Keras writes the weights, then the metadata: a kill in between leaves
+                # weights no epoch committed (possibly torn). Nothing finished yet.
+                raise CorruptBackup(f"{LATEST_WEIGHTS} without {METADATA_FILE}")
             return []  # no epoch finished yet
         try:
             committed = int(json.loads(metadata.read_text())["epoch"])

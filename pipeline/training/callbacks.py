@@ -65,7 +65,10 @@ class EpochRecorder(keras.callbacks.Callback):
         # files are no longer needed by a resume.
         self.backup.prune_best(self.best_epoch)
         value = row["val_accuracy"]
-        improved = math.isfinite(value) and (self.best is None or value > self.best)
+        # A diverged epoch (NaN loss, stopped by TerminateOnNaN) still gets a finite
+        # val_accuracy from its NaN weights; it must never be kept as the best.
+        finite = math.isfinite(value) and math.isfinite(row["loss"])
+        improved = finite and (self.best is None or value > self.best)
         if improved:
             self.backup.save_best(self.model, epoch + 1)
             self.best_epoch, self.best = epoch + 1, value

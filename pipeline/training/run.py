@@ -17,7 +17,7 @@ from pipeline.config import Params
 from pipeline.console import log
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.training import plan as plans
-from pipeline.training.backup import Backup, best_epoch, history_text
+from pipeline.training.backup import HISTORY_COLUMNS, Backup, best_epoch, history_text
 
 ROLE = "train"
 PRESET_LEARNING_RATE = 1e-3
@@ -179,6 +179,10 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
             f"trial had {plan.best['params']:,}"
         )
     client.set_tag(run_id, "resumed_from_epoch", str(done))
+    # The run model_info points at holds the whole curve, the resumed epochs included.
+    for row in backup.rows:
+        metrics = {k: row[k] for k in HISTORY_COLUMNS[1:] if math.isfinite(row[k])}
+        tracking.log_metrics(client, run_id, metrics, step=int(row["epoch"]) - 1)
     patience = train_params.early_stopping_patience
     recorder = EpochRecorder(backup, train_params.epochs, patience, client, run_id)
     finished = done >= train_params.epochs or recorder.should_stop() or _nan_stopped(backup)
@@ -264,12 +268,18 @@ def _export(model, path: Path = paths.SAVED_MODEL) -> None:
     import keras
 
     backend = keras.backend.backend()
-    if backend != "tensorflow":
-        log(f"train: no SavedModel export on the {backend} backend (it needs TensorFlow)")
-        return
     tmp = atomic.temp_dir_beside(path)
     try:
-        model.export(str(tmp), format="tf_saved_model", verbose=False)
+        if backend == "tensorflow":
+            model.export(str(tmp), format="tf_saved_model", verbose=False)
+        else:
+            # DVC declares the folder; an old export must not pass for this model's.
+            log(f"train: no SavedModel export on the {backend} backend (it needs TensorFlow)")
+            (tmp / "README.txt").write_text(
+                f"No SavedModel: this model was trained on the {backend} backend. "
+                "Export it with TensorFlow: keras.models.load_model('models/model.keras', "
+                "compile=False).export('models/saved_model')\n"
+            )
         atomic.replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
