@@ -21,6 +21,7 @@ from pipeline.cli import guarded, stage_parser
 from pipeline.config import load_params
 from pipeline.console import log
 from pipeline.errors import DataError
+from pipeline.registry import models
 from pipeline.reports import html, plots, sources
 from pipeline.reports.metrics import evaluate_predictions
 from pipeline.tuning.data import load_meta, load_split
@@ -37,21 +38,6 @@ def load_model_info(path: Path = paths.MODEL_INFO) -> dict:
     if not isinstance(info, dict):
         raise DataError(f"{path}: unreadable; rerun `python -m pipeline train`")
     return info
-
-
-def load_model(path: Path = paths.MODEL):
-    """The trained Keras model (no compile: evaluate computes its own metrics)."""
-    if not Path(path).is_file():
-        raise DataError(f"{path}: missing; run `python -m pipeline train` (or `dvc repro`) first")
-    import keras
-
-    try:
-        return keras.models.load_model(path, compile=False, safe_mode=True)
-    except Exception as exc:  # a torn or foreign file: Keras raises many kinds
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise DataError(
-            f"{path}: cannot load the model ({first}); rerun `python -m pipeline train`"
-        ) from None
 
 
 def predict(model, x: np.ndarray, num_classes: int) -> np.ndarray:
@@ -183,7 +169,7 @@ def main(argv=None) -> int:
             "rerun the preprocess stage"
         )
     y = y.astype(np.int64)
-    model = load_model()
+    model = models.load_keras(paths.MODEL)
     log(f"evaluate: predicting {len(y)} test images with {paths.MODEL}")
     probs = predict(model, x, len(class_names))
     metrics, cm, y_pred = evaluate_predictions(y, probs, class_names)

@@ -19,6 +19,7 @@ from pipeline import atomic, paths, tracking
 from pipeline.cli import guarded, stage_parser
 from pipeline.config import load_params
 from pipeline.console import log
+from pipeline.data.fetch import sha256_of
 from pipeline.errors import DataError, PipelineError
 from pipeline.registry import models
 from pipeline.registry.gate import Decision, decide
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
             f"register: warning: {paths.METRICS} says accuracy {metrics['accuracy']:.4f}, "
             f"the model scores {cand_acc:.4f} on the test split; the gate uses {cand_acc:.4f}"
         )
-    model_sha = models.sha256(paths.MODEL)
+    model_sha = sha256_of(paths.MODEL)
     meta_file = paths.PROCESSED / paths.META_FILE
     data_sha = tracking.data_tags(meta_file)["data.sha256"]
 

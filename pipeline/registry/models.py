@@ -6,7 +6,6 @@ also holds ``keras_model/``, the model in MLflow's Keras flavour. Keras files ar
 loaded with ``safe_mode=True`` (no Python lambdas or pickled code) and ``compile=False``.
 """
 
-import hashlib
 import json
 import os
 import tempfile
@@ -36,7 +35,9 @@ def load_keras(path: Path):
         return keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise DataError(f"{path}: cannot load the Keras model ({first})") from None
+        raise DataError(
+            f"{path}: cannot load the Keras model ({first}); rerun `python -m pipeline train`"
+        ) from None
 
 
 def input_shape(model) -> tuple[int, ...]:
@@ -51,14 +52,6 @@ def predict_probs(model, x: np.ndarray, what: str) -> np.ndarray:
     if not np.all(np.isfinite(probs)):
         raise PipelineError(f"{what}: the model outputs NaN or infinite probabilities")
     return probs
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pip_requirements() -> list[str]:

@@ -4,7 +4,6 @@ Everything here is checked before Keras builds anything (and, for the best trial
 TensorFlow loads), so a missing or stale ``best_hparams.json`` is one line, not a traceback.
 """
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 from pipeline import paths
 from pipeline.config import Params
+from pipeline.data.fetch import sha256_of
 from pipeline.errors import ConfigError, PipelineError
 
 REQUIRED_KEYS = ("trial_id", "family", "hyperparameters", "search_space", "input_shape")
@@ -38,11 +38,6 @@ class Plan:
     @property
     def trial_id(self) -> str | None:
         return None if self.best is None else str(self.best["trial_id"])
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def check_preset(name: str) -> None:
@@ -99,7 +94,7 @@ def load_plan(params: Params, best_file: Path = paths.BEST_HPARAMS) -> Plan:
             f"{space_file}: the search-space file of {best_file} is missing; restore it or "
             f"{RERUN_TUNE}"
         )
-    sha = file_sha256(space_file)
+    sha = sha256_of(space_file)
     expected = best.get("search_space_sha256")
     if expected and sha != expected:
         raise PipelineError(

@@ -6,7 +6,6 @@ resumed run must match the fingerprint; a torn state file is an error, never a r
 to wipe the directory.
 """
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 from pipeline import atomic, paths
 from pipeline.config import TuneParams
+from pipeline.data.fetch import sha256_of
 from pipeline.errors import TuneStateError
 
 # Settings that may change between runs of one search: they extend or limit it without
@@ -28,18 +28,13 @@ RESUMABLE_SETTINGS = {
 FRESH_HINT = "set tune.resume: false to start a fresh search (`dvc exp run -S tune.resume=false`)"
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def fingerprint(tune: TuneParams, space_file: Path, data_digest: str) -> dict[str, Any]:
     """What makes two runs the same search."""
     settings = {
         k: v for k, v in tune.model_dump(mode="json").items() if k not in RESUMABLE_SETTINGS
     }
     return {
-        "search_space_sha256": file_sha256(space_file),
+        "search_space_sha256": sha256_of(space_file),
         "data_sha256": data_digest,
         "settings": settings,
     }
