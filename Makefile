@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 MARKERS ?= not slow and not e2e and not gpu and not jax
 PYTEST_ARGS ?=
 
-.PHONY: run test test-jax venv lint clean-venv
+.PHONY: run test test-jax venv lint clean-venv ui retrain
 
 venv: $(STAMP)
 
@@ -25,6 +25,16 @@ $(STAMP): requirements.lock pyproject.toml
 
 run: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro
+
+# The MLflow UI on 127.0.0.1 against the project's store (mlflow.tracking_uri in params.yaml).
+UI_PORT ?= 5000
+ui: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pipeline ui --port $(UI_PORT)
+
+# What the scheduled workflow runs: dvc pull (if a remote is set), dvc repro, the
+# promotion gate, dvc push. Runs the same way on a laptop.
+retrain: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/retrain.sh
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "$(MARKERS)" $(PYTEST_ARGS)

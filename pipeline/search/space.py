@@ -36,7 +36,7 @@ FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
 # The names each builder reads from its values mapping (the contract in pipeline/families).
 FAMILY_HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
     "mlp": ("num_layers", "units", "activation", "batch_norm"),
-    "simple_cnn": ("num_blocks", "filters", "kernel_size", "dense_units", "batch_norm"),
+    "simple_cnn": ("num_blocks", "filters", "kernel_size", "head", "dense_units", "batch_norm"),
     "lenet": ("activation", "pooling", "dense_units"),
     "alexnet": ("base_filters", "dense_units"),
     "vgg": ("num_blocks", "convs_per_block", "base_filters", "head", "dense_units", "batch_norm"),
