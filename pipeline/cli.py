@@ -37,6 +37,10 @@ STAGES = {
         "top-k classes for image files or a .npy batch, with the champion or --model",
         ("data.dataset", "register.model_name", "mlflow"),
     ),
+    "ui": (
+        "the MLflow UI on 127.0.0.1 (--port, default 5000) against the project's store",
+        ("data.dataset", "mlflow"),
+    ),
 }
 
 

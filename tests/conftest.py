@@ -145,3 +145,12 @@ def run_cli(*args, cwd=None, env=None, timeout=300) -> subprocess.CompletedProce
         [sys.executable, "-m", "pipeline", *args],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
