@@ -14,6 +14,16 @@ from pipeline.config import load_params
 from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent
+STAGE_NAMES = ("download", "preprocess", "tune", "train", "evaluate", "register")
+
+
+def _exp_rows(rows):
+    """Every experiment row of `dvc exp show --json`, the workspace and commits included."""
+    for row in rows:
+        yield row
+        for exp in row.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                yield {**rev, "name": rev.get("name") or exp.get("name")}
 
 
 def _run(cmd, cwd, **kw):
@@ -79,7 +89,7 @@ def test_dvc_repro_stops_on_a_params_typo(repo):
     assert not (repo / "data/raw/digits").exists()
 
 
-def test_dvc_repro_runs_the_whole_dag_and_tune_keeps_its_saved_search(repo):
+def test_dvc_repro_runs_the_whole_dag_reruns_only_what_changed_and_runs_experiments(repo):
     from tests.tune_helpers import write_space
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -105,7 +115,34 @@ def test_dvc_repro_runs_the_whole_dag_and_tune_keeps_its_saved_search(repo):
         "mlflow",
     }
     again = _run(["dvc", "repro"], repo)
-    assert "Running stage" not in again.stdout
+    assert again.returncode == 0 and "Running stage" not in again.stdout
+
+    # train.epochs reruns only what depends on it: train, evaluate, register.
+    params["train"]["epochs"] = 3
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    epochs = _run(["dvc", "repro"], repo)
+    assert epochs.returncode == 0, epochs.stdout + epochs.stderr
+    ran = {s for s in STAGE_NAMES if f"Running stage '{s}'" in epochs.stdout}
+    assert ran == {"train", "evaluate", "register"}
+
+    # A DVC experiment with a changed param, listed with its metrics by `dvc exp show`.
+    for cmd in (
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"],
+    ):
+        assert _run(cmd, repo).returncode == 0
+    exp = _run(["dvc", "exp", "run", "-n", "two-epochs", "-S", "train.epochs=2"], repo)
+    assert exp.returncode == 0, exp.stdout + exp.stderr
+    assert "Running stage 'train'" in exp.stdout and "Running stage 'tune'" not in exp.stdout
+    shown = _run(["dvc", "exp", "show", "--json"], repo)
+    assert shown.returncode == 0, shown.stderr
+    rows = {row["name"]: row for row in _exp_rows(json.loads(shown.stdout))}
+    assert "two-epochs" in rows
+    metrics = rows["two-epochs"]["data"]["metrics"]["reports/metrics.json"]["data"]
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert rows["two-epochs"]["data"]["params"]["params.yaml"]["data"]["train"]["epochs"] == 2
+    table = _run(["dvc", "exp", "show", "--no-pager", "--md"], repo)
+    assert table.returncode == 0 and "two-epochs" in table.stdout and "accuracy" in table.stdout
 
     # More trials: the stage reruns and DVC kept models/tuner/, so the search continues.
     params["tune"]["max_trials"] = 3
