@@ -154,3 +154,29 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def dvc_project(root: Path, extra_files=(), **params_changes) -> Path:
+    """A copy of the project (code, search spaces, dvc.yaml, params.yaml) in a new git + DVC
+    repo at ``root``, on the digits dataset; ``params_changes`` update params.yaml sections.
+    """
+    import shutil
+
+    bin_dir = Path(sys.executable).parent
+    if not shutil.which("dvc", path=str(bin_dir)):
+        pytest.skip("dvc is not installed in this environment")
+    root.mkdir(parents=True)
+    for name in ("pipeline", "search_spaces"):
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", "params.yaml", ".gitignore", *extra_files):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, root / name)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["dataset"] = "digits"
+    for section, values in params_changes.items():
+        params[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
+    return root

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 import yaml
 
 from pipeline.config import load_params
-from tests.conftest import ROOT
+from tests.conftest import ROOT, dvc_project
 
 BIN = Path(sys.executable).parent
 STAGE_NAMES = ("download", "preprocess", "tune", "train", "evaluate", "register")
@@ -34,20 +33,7 @@ def _run(cmd, cwd, **kw):
 @pytest.fixture
 def repo(tmp_path):
     """A copy of the project (code, dvc.yaml, params.yaml) in a new git + DVC repo."""
-    if not shutil.which("dvc", path=str(BIN)):
-        pytest.skip("dvc is not installed in this environment")
-    root = tmp_path / "repo"
-    root.mkdir()
-    for name in ("pipeline", "search_spaces"):
-        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
-        shutil.copy(ROOT / name, root / name)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"]["dataset"] = "digits"
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-        assert _run(cmd, root).returncode == 0
-    return root
+    return dvc_project(tmp_path / "repo")
 
 
 def test_dvc_repro_download_preprocess_on_digits(repo):

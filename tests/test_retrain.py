@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, dvc_project
 from tests.tune_helpers import write_space
 
 BIN = Path(sys.executable).parent
@@ -47,25 +47,13 @@ def git_dvc_env(root: Path) -> dict:
 @pytest.fixture
 def repo(tmp_path):
     """A copy of the project in a new git + DVC repo, sized to run the DAG in about a minute."""
-    if not shutil.which("dvc", path=str(BIN)):
-        pytest.skip("dvc is not installed in this environment")
-    root = tmp_path / "repo"
-    root.mkdir()
-    for name in ("pipeline", "search_spaces"):
-        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml", ".gitignore", "scripts/retrain.sh"):
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / name, root / name)
+    root = dvc_project(tmp_path / "repo", extra_files=("scripts/retrain.sh",))
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"]["dataset"] = "digits"
     params["tune"].update(
         search_space=write_space(root), algorithm="random", max_trials=2, max_epochs=1
     )
     params["train"]["epochs"] = 2
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = git_dvc_env(root)
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
     return root
 
 
