@@ -89,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.worker:
         return args
     if not args.budget_minutes or args.budget_minutes <= 0:
-        parser.error("--budget-minutes must be > 0 (params.yaml ships no time budget)")
+        parser.error("--budget-minutes must be > 0")
     if min(args.max_epochs, args.batch_size, args.max_trials, args.repeats) < 1:
         parser.error("--max-epochs, --batch-size, --max-trials and --repeats must be >= 1")
     if args.max_train_samples < 0:

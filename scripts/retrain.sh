@@ -103,18 +103,29 @@ if decision not in ("champion", "challenger") or not isinstance(accuracy, int | 
         f"{registry_path}: invalid: expected 'decision' champion or challenger and a numeric "
         f"'candidate.accuracy', got {decision!r} and {accuracy!r}"
     )
-promoted = decision == "champion"
+# The register stage wrote registry.json in this run only if it ran: otherwise the file is
+# the last run's decision, and this run promoted nothing.
+ran = "register" in stages.split()
+promoted = ran and decision == "champion"
 name, version = record.get("model_name", "?"), candidate.get("version", "?")
 before = record.get("champion_before") or {}
 if before.get("accuracy") is not None:
     champion = f"v{before.get('version')} {before['accuracy']:.4f}"
+elif before:
+    champion = f"v{before.get('version')} (not comparable)"
 else:
     champion = "none"
-verdict = "promoted" if promoted else "not promoted"
-print(
-    f"gate: {verdict}: {name} v{version} -> @{decision}; candidate {accuracy:.4f}, "
-    f"champion before {champion}: {record.get('reason')}"
-)
+if ran:
+    verdict = "promoted" if promoted else "not promoted"
+    print(
+        f"gate: {verdict}: {name} v{version} -> @{decision}; candidate {accuracy:.4f}, "
+        f"champion before {champion}: {record.get('reason')}"
+    )
+else:
+    print(
+        f"gate: unchanged: register did not rerun (nothing it depends on changed); "
+        f"last decision: {name} v{version} -> @{decision}, test accuracy {accuracy:.4f}"
+    )
 
 try:
     with open(metrics_path) as fh:
@@ -129,9 +140,14 @@ scalars = ", ".join(
 commit = subprocess.run(
     ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
 ).stdout.strip()
+if not ran:
+    headline = f"nothing to retrain: {name} v{version} is still @{decision}"
+elif promoted:
+    headline = f"{name} v{version} promoted to @champion"
+else:
+    headline = f"{name} v{version} not promoted (@challenger)"
 lines = [
-    f"## Retraining: {name} v{version} "
-    + ("promoted to @champion" if promoted else "not promoted (@challenger)"),
+    f"## Retraining: {headline}",
     "",
     f"Gate: {record.get('reason')}",
     "",
@@ -154,7 +170,8 @@ with open(summary_path, "w") as fh:
     fh.write("\n".join(lines) + "\n")
 if os.environ.get("GITHUB_OUTPUT"):
     with open(os.environ["GITHUB_OUTPUT"], "a") as fh:
-        fh.write(f"decision={decision}\npromoted={str(promoted).lower()}\n")
+        shown = decision if ran else "unchanged"
+        fh.write(f"decision={shown}\npromoted={str(promoted).lower()}\n")
 PY
 
 if [ -n "$remote" ]; then

@@ -177,6 +177,12 @@ def dvc_project(root: Path, extra_files=(), **params_changes) -> Path:
         params[section].update(values)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+    # `dvc exp run` commits through pygit2, which needs an identity; CI machines have none.
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.name", "pipeline tests"],
+        ["git", "config", "user.email", "tests@localhost"],
+        ["dvc", "init", "-q"],
+    ):
         subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
     return root

@@ -114,7 +114,7 @@ def test_dvc_repro_runs_the_whole_dag_reruns_only_what_changed_and_runs_experime
     # A DVC experiment with a changed param, listed with its metrics by `dvc exp show`.
     for cmd in (
         ["git", "add", "-A"],
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"],
+        ["git", "commit", "-qm", "base"],
     ):
         assert _run(cmd, repo).returncode == 0
     exp = _run(["dvc", "exp", "run", "-n", "two-epochs", "-S", "train.epochs=2"], repo)

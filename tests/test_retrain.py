@@ -87,16 +87,26 @@ def test_retrain_pulls_reproduces_gates_and_pushes(repo, tmp_path):
     assert "promoted to @champion" in summary and "pushed after it" in summary
     assert "`tune`, `train`" in summary
 
-    # A new machine: no DVC cache, no outputs. Pull brings them back; nothing reruns.
+    # A new machine: a clone (dvc.lock and reports/metrics.json are in git) with no DVC
+    # cache and no outputs. Pull brings every output back, so nothing reruns.
     for name in (".dvc/cache", "data/raw", "data/processed", "models"):
         shutil.rmtree(repo / name)
+    for path in (repo / "reports").iterdir():
+        if path.name != "metrics.json":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     second = retrain(repo, env=env)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "dvc pull --allow-missing (remote 'local')" in second.stdout
     assert "Running stage" not in second.stdout
-    assert (repo / "models/model.keras").is_file()
-    assert "gate: promoted: digits-classifier v1 -> @champion" in second.stdout
-    assert "stages run: none (nothing changed)" in (repo / "reports/retrain_summary.md").read_text()
+    for name in ("models/model.keras", "reports/registry.json", "reports/report.html"):
+        assert (repo / name).is_file(), name
+    assert (
+        "gate: unchanged: register did not rerun (nothing it depends on changed); "
+        "last decision: digits-classifier v1 -> @champion"
+    ) in second.stdout
+    summary = (repo / "reports/retrain_summary.md").read_text()
+    assert summary.startswith("## Retraining: nothing to retrain: digits-classifier v1 is still")
+    assert "stages run: none (nothing changed)" in summary
     assert len(remote_files(remote)) == len(pushed)
 
     # No remote: pull and push are skipped with a message, and the run still succeeds.

@@ -8,8 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -130,7 +128,7 @@ class UiProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"ui exited with {self.proc.returncode}:\n{self.logs()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                with ui._NO_PROXY.open(f"{self.url}/health", timeout=2) as response:
                     if response.status == 200:
                         return
             except OSError:
@@ -194,7 +192,7 @@ def start_ui(tmp_path):
 
 
 def _get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=30) as response:
+    with ui._NO_PROXY.open(url, timeout=30) as response:
         return response.read()
 
 
