@@ -17,6 +17,7 @@ from tests.tune_helpers import (
     parent_and_trials,
     read_best,
     read_leaderboard,
+    saved_trials,
     tune_params,
 )
 
@@ -193,6 +194,30 @@ def test_a_torn_state_file_is_an_error_and_nothing_is_wiped(tuned):
     oracle.write_text("")
     with pytest.raises(TuneStateError, match="oracle.json: empty"):
         tuned.run(max_trials=1)
+
+
+def test_a_trial_created_just_before_a_kill_is_trained_when_the_search_resumes(tuned):
+    """A kill between Keras Tuner writing a new trial's trial.json and oracle.json leaves a
+    RUNNING trial that oracle.json does not list; the resumed search must train it, not
+    count it against max_trials and skip it."""
+    assert tuned.run(max_trials=1) == 0
+    search = tuned.root / "models" / "tuner" / "search"
+    state = json.loads((search / "trial_0" / "trial.json").read_text())
+    state.update(trial_id="1", status="RUNNING", score=None, best_step=0, message=None)
+    state["metrics"] = {"metrics": {}}
+    (search / "trial_1").mkdir()
+    (search / "trial_1" / "trial.json").write_text(json.dumps(state))
+
+    assert tuned.run(max_trials=2) == 0
+    trials = saved_trials(tuned.root)
+    assert sorted(trials) == ["0", "1"]
+    assert all(t["status"] == "COMPLETED" for t in trials.values())
+    _, runs = parent_and_trials(mlflow_client(tuned.root))
+    assert sorted(r.data.tags["trial_id"] for r in runs if r.info.status == "FINISHED") == [
+        "0",
+        "1",
+    ]
+    assert len(read_leaderboard(tuned.root)) == 2
 
 
 def test_orphaned_running_runs_of_dead_processes_are_marked_killed(tuned):

@@ -149,7 +149,12 @@ def test_sigterm_ends_runs_killed_and_the_search_resumes(proj):
     parents, runs = parent_and_trials(client)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     finished = sorted(r.data.tags["trial_id"] for r in runs if r.info.status == "FINISHED")
-    assert finished == ["0", "1", "2"]
+    seen = [
+        (r.data.tags.get("trial_id"), r.info.status, r.data.tags.get("trial_status")) for r in runs
+    ]
+    assert finished == ["0", "1", "2"], (
+        f"{seen}\nFIRST:\n{first.text[-3000:]}\nSECOND:\n{second.stderr[-3000:]}"
+    )
 
 
 def _free_port() -> int:

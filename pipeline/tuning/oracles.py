@@ -156,6 +156,20 @@ class PipelineOracleMixin:
         done = trial_module.TrialStatus.COMPLETED
         return [t for t in self.trials.values() if t.status == done and t.score is not None]
 
+    def reload(self):
+        super().reload()
+        # Keras Tuner writes a new trial's trial.json, then oracle.json with it as ongoing.
+        # A kill between the two leaves a RUNNING trial that no state file sends for retry:
+        # it would count against max_trials without ever being trained. Retry it too.
+        ended = set(self.end_order)
+        for trial_id, trial in self.trials.items():
+            if (
+                trial.status == trial_module.TrialStatus.RUNNING
+                and trial_id not in ended
+                and trial_id not in self._retry_queue
+            ):
+                self._retry_queue.append(trial_id)
+
     # State files: temp file + rename, so a kill never leaves half a JSON document.
     def save(self):
         atomic.write_text(Path(self._get_oracle_fname()), json.dumps(self.get_state()))
