@@ -106,16 +106,21 @@ if decision not in ("champion", "challenger") or not isinstance(accuracy, int | 
 # The register stage wrote registry.json in this run only if it ran: otherwise the file is
 # the last run's decision, and this run promoted nothing.
 ran = "register" in stages.split()
-promoted = ran and decision == "champion"
 name, version = record.get("model_name", "?"), candidate.get("version", "?")
 before = record.get("champion_before") or {}
+# Register reran on a model that already is the champion (e.g. outputs pulled on a new
+# machine): nothing was promoted.
+kept = decision == "champion" and str(before.get("version")) == str(version)
+promoted = ran and decision == "champion" and not kept
 if before.get("accuracy") is not None:
     champion = f"v{before.get('version')} {before['accuracy']:.4f}"
 elif before:
     champion = f"v{before.get('version')} (not comparable)"
 else:
     champion = "none"
-if ran:
+if ran and kept:
+    print(f"gate: kept: {name} v{version} is already @champion (test accuracy {accuracy:.4f})")
+elif ran:
     verdict = "promoted" if promoted else "not promoted"
     print(
         f"gate: {verdict}: {name} v{version} -> @{decision}; candidate {accuracy:.4f}, "
@@ -140,7 +145,7 @@ scalars = ", ".join(
 commit = subprocess.run(
     ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
 ).stdout.strip()
-if not ran:
+if not ran or kept:
     headline = f"nothing to retrain: {name} v{version} is still @{decision}"
 elif promoted:
     headline = f"{name} v{version} promoted to @champion"
@@ -170,7 +175,7 @@ with open(summary_path, "w") as fh:
     fh.write("\n".join(lines) + "\n")
 if os.environ.get("GITHUB_OUTPUT"):
     with open(os.environ["GITHUB_OUTPUT"], "a") as fh:
-        shown = decision if ran else "unchanged"
+        shown = decision if ran and not kept else "unchanged"
         fh.write(f"decision={shown}\npromoted={str(promoted).lower()}\n")
 PY
 

@@ -117,18 +117,18 @@ def test_dvc_repro_runs_the_whole_dag_reruns_only_what_changed_and_runs_experime
         ["git", "commit", "-qm", "base"],
     ):
         assert _run(cmd, repo).returncode == 0
-    exp = _run(["dvc", "exp", "run", "-n", "two-epochs", "-S", "train.epochs=2"], repo)
+    exp = _run(["dvc", "exp", "run", "-n", "one-epoch", "-S", "train.epochs=1"], repo)
     assert exp.returncode == 0, exp.stdout + exp.stderr
     assert "Running stage 'train'" in exp.stdout and "Running stage 'tune'" not in exp.stdout
     shown = _run(["dvc", "exp", "show", "--json"], repo)
     assert shown.returncode == 0, shown.stderr
     rows = {row["name"]: row for row in _exp_rows(json.loads(shown.stdout))}
-    assert "two-epochs" in rows
-    metrics = rows["two-epochs"]["data"]["metrics"]["reports/metrics.json"]["data"]
+    assert "one-epoch" in rows
+    metrics = rows["one-epoch"]["data"]["metrics"]["reports/metrics.json"]["data"]
     assert 0.0 <= metrics["accuracy"] <= 1.0
-    assert rows["two-epochs"]["data"]["params"]["params.yaml"]["data"]["train"]["epochs"] == 2
+    assert rows["one-epoch"]["data"]["params"]["params.yaml"]["data"]["train"]["epochs"] == 1
     table = _run(["dvc", "exp", "show", "--no-pager", "--md"], repo)
-    assert table.returncode == 0 and "two-epochs" in table.stdout and "accuracy" in table.stdout
+    assert table.returncode == 0 and "one-epoch" in table.stdout and "accuracy" in table.stdout
 
     # More trials: the stage reruns and DVC kept models/tuner/, so the search continues.
     params["tune"]["max_trials"] = 3
