@@ -51,6 +51,7 @@ FAMILY_VALUES = {
     "num_blocks": 2,
     "filters": 16,
     "kernel_size": 3,
+    "head": "global_pool",  # as measured before simple_cnn had a head choice
     "dense_units": 64,
     "batch_norm": True,
 }
