@@ -183,9 +183,10 @@ def print_links(url: str, project_experiment: str) -> None:
     sys.stdout.flush()
 
 
-def _wait_ready(proc: subprocess.Popen, url: str) -> bool:
-    """Wait until the server answers ``/health``; False if it exited first."""
-    while proc.poll() is None:
+def wait_ready(proc: subprocess.Popen, url: str, timeout: float | None = None) -> bool:
+    """Wait until the server answers ``/health``; False if it exited or ``timeout`` passed."""
+    end = None if timeout is None else time.monotonic() + timeout
+    while proc.poll() is None and (end is None or time.monotonic() < end):
         try:
             with _NO_PROXY.open(f"{url}/health", timeout=2) as response:
                 if response.status == 200:
@@ -228,7 +229,7 @@ def serve(command: list[str], url: str, project_experiment: str) -> int:
     if previous is not signal.SIG_IGN:  # under nohup it stays ignored
         signal.signal(signal.SIGHUP, _raise_interrupt)  # the terminal was closed
     try:
-        if _wait_ready(proc, url):
+        if wait_ready(proc, url):
             print_links(url, project_experiment)
         code = proc.wait()
     except KeyboardInterrupt:

@@ -12,12 +12,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pipeline import ui
 from tests.conftest import ROOT, run_cli
 from tests.tune_helpers import (
     all_runs,
@@ -183,15 +183,7 @@ def mlflow_server(tmp_path):
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    end = time.monotonic() + 120
-    while time.monotonic() < end:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
+    if not ui.wait_ready(proc, url, timeout=120):
         proc.kill()
         pytest.fail("mlflow server did not start")
     yield url

@@ -123,16 +123,10 @@ class UiProcess:
             signal.signal(signal.SIGINT, previous)
 
     def wait_ready(self, timeout: float = 120) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"ui exited with {self.proc.returncode}:\n{self.logs()}")
-            try:
-                with ui._NO_PROXY.open(f"{self.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
+        if ui.wait_ready(self.proc, self.url, timeout):
+            return
+        if self.proc.poll() is not None:
+            raise AssertionError(f"ui exited with {self.proc.returncode}:\n{self.logs()}")
         raise AssertionError(f"the UI did not answer /health in {timeout} s:\n{self.logs()}")
 
     def wait_for_line(self, line: str, timeout: float = 60) -> list[str]:
