@@ -231,7 +231,7 @@ def budgeted_random_search(deadline: float, **kwargs):
 
 def summarize(tuner, splits, batch_size: int) -> dict:
     """Trials, best score, the best model's test accuracy, and a digest of the arrays."""
-    from pipeline.tuning.data import load_split
+    from pipeline.data.splits import load_split
 
     oracle = tuner.oracle
     done = [t for t in oracle.trials.values() if t.status == "COMPLETED" and t.score is not None]
@@ -261,16 +261,16 @@ def baseline_worker(workdir: Path) -> dict:
     """Plain Keras Tuner random search on numpy arrays: no MLflow, no early stopping."""
     params, space = load_project(workdir)
     tune = params.tune
-    from pipeline.tuning import session as sessions
+    from pipeline import runtime
 
-    sessions.configure_environment()  # the stage's TF settings (log level, GPU memory growth)
+    runtime.configure_environment()  # the stage's TF settings (log level, GPU memory growth)
     # The stage starts its budget clock at this point too: config read, Keras not yet loaded.
     budget_start = time.time()
     import keras
     import keras_tuner
 
+    from pipeline.data.splits import load_splits, steps_per_epoch
     from pipeline.search.hypermodel import CNNHyperModel
-    from pipeline.tuning.data import load_splits, steps_per_epoch
 
     splits = load_splits(max_train_samples=tune.max_train_samples, seed=tune.seed)
     keras.utils.set_random_seed(tune.seed)
@@ -315,11 +315,11 @@ def ours_test_worker(workdir: Path) -> dict:
     """Reload the stage's search from models/tuner/; read its epochs' times from MLflow."""
     params, space = load_project(workdir)
     tune = params.tune
-    from pipeline import paths, tracking
+    from pipeline import paths, runtime, tracking
+    from pipeline.data.splits import load_splits
     from pipeline.tuning import session as sessions
-    from pipeline.tuning.data import load_splits
 
-    sessions.configure_environment()
+    runtime.configure_environment()
     splits = load_splits(max_train_samples=tune.max_train_samples, seed=tune.seed)
     # What build_tuner reads from a session; no MLflow, no deadline: nothing is run.
     session = SimpleNamespace(

@@ -165,10 +165,10 @@ class Bench:
         import keras
 
         from pipeline.config import load_params
+        from pipeline.data.splits import load_splits, steps_per_epoch
         from pipeline.search import load_search_space
         from pipeline.search.hypermodel import CNNHyperModel
         from pipeline.tuning import session as sessions
-        from pipeline.tuning.data import load_splits, steps_per_epoch
 
         self.workdir, self.params_file, self.args = workdir, params_file, args
         tune = load_params(params_file).tune
@@ -303,9 +303,9 @@ class Bench:
 
 def preload() -> None:
     """Import everything either side imports lazily, so import time is timed by neither."""
-    from pipeline.tuning import session as sessions
+    from pipeline import runtime
 
-    sessions.configure_environment()  # the stage's environment, set before TensorFlow loads
+    runtime.configure_environment()  # the stage's environment, set before TensorFlow loads
     import keras  # noqa: F401
     import keras_tuner  # noqa: F401
     import mlflow  # noqa: F401

@@ -20,11 +20,12 @@ from pipeline import atomic, paths, tracking
 from pipeline.cli import guarded, stage_parser
 from pipeline.config import load_params
 from pipeline.console import log
+from pipeline.data.splits import load_meta, load_split
 from pipeline.errors import DataError
+from pipeline.fileio import read_json
 from pipeline.registry import models
 from pipeline.reports import html, plots, sources
 from pipeline.reports.metrics import evaluate_predictions
-from pipeline.tuning.data import load_meta, load_split
 
 ARTIFACT_DIR = "evaluation"
 PREDICT_BATCH = 256
@@ -32,12 +33,11 @@ PREDICT_BATCH = 256
 
 def load_model_info(path: Path = paths.MODEL_INFO) -> dict:
     """``models/model_info.json`` from the train stage."""
-    info = sources.read_json(path)
-    if not Path(path).is_file():
-        raise DataError(f"{path}: missing; run `python -m pipeline train` (or `dvc repro`) first")
-    if not isinstance(info, dict):
-        raise DataError(f"{path}: unreadable; rerun `python -m pipeline train`")
-    return info
+    return read_json(
+        path,
+        "rerun `python -m pipeline train`",
+        missing="run `python -m pipeline train` (or `dvc repro`) first",
+    )
 
 
 def predict(model, x: np.ndarray, num_classes: int) -> np.ndarray:
@@ -135,18 +135,13 @@ def log_to_mlflow(params, info: dict, metrics: dict, files: list[Path]) -> str:
         tags = {**tracking.process_tags("evaluate"), "git_commit": tracking.git_commit()}
         run = client.create_run(exp_id, run_name="evaluate", tags=tags)
     run_id = run.info.run_id
-    status = "FAILED"
-    try:
+    with tracking.closing_run(client, run_id, own):
         tracking.log_metrics(client, run_id, values)
         for file in files:
             parent = Path(file).parent
             inside = parent.relative_to(paths.REPORTS) if parent != paths.REPORTS else None
             target = ARTIFACT_DIR if inside is None else f"{ARTIFACT_DIR}/{inside.as_posix()}"
             client.log_artifact(run_id, str(file), target)
-        status = "FINISHED"
-    finally:
-        if own:
-            client.set_terminated(run_id, status=status)
     return run_id
 
 

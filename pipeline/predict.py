@@ -21,6 +21,7 @@ from pipeline.cli import guarded, stage_parser
 from pipeline.config import Params, load_params
 from pipeline.console import log
 from pipeline.errors import DataError, PipelineError
+from pipeline.fileio import read_json
 
 
 def parser():
@@ -99,10 +100,7 @@ def _num_outputs(model) -> int:
 def local_class_names(shape, n: int) -> list[str] | None:
     """Class names for a ``--model`` file: meta.json, else models/model_info.json."""
     for file in (paths.PROCESSED / paths.META_FILE, paths.MODEL_INFO):
-        try:
-            names = json.loads(Path(file).read_text()).get("class_names")
-        except (OSError, ValueError, AttributeError):
-            continue
+        names = (read_json(file, None) or {}).get("class_names")
         if isinstance(names, list) and len(names) == n:
             return [str(c) for c in names]
     return None
@@ -110,8 +108,8 @@ def local_class_names(shape, n: int) -> list[str] | None:
 
 def load_champion(params):
     """``(keras model, class names, "models:/<name>@champion (version N)")``."""
-    from pipeline.register import CHAMPION, model_name
     from pipeline.registry import models
+    from pipeline.registry.names import CHAMPION, model_name
 
     name = model_name(params)
     uri = tracking.tracking_uri(params.mlflow.tracking_uri)

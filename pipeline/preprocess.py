@@ -4,7 +4,6 @@ Also writes the data-validation report (``reports/data_validation.json``) and pr
 short summary of it.
 """
 
-import json
 import shutil
 import sys
 import time
@@ -18,6 +17,7 @@ from pipeline.data import prepare
 from pipeline.data.decode import DECODERS
 from pipeline.data.images import decode_folder
 from pipeline.errors import DataError
+from pipeline.fileio import read_json
 
 
 def main(argv=None) -> int:
@@ -33,11 +33,8 @@ def main(argv=None) -> int:
             f"{raw}: no downloaded {dataset} (missing {paths.CHECKSUMS_FILE}); "
             "run `python -m pipeline download` (or `dvc repro download`) first"
         )
-    try:
-        checksums = json.loads(checksums_file.read_text())
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{checksums_file}: unreadable ({exc}); rerun the download stage") from None
-    if not isinstance(checksums, dict) or checksums.get("dataset") != dataset:
+    checksums = read_json(checksums_file, "rerun the download stage")
+    if checksums.get("dataset") != dataset:
         raise DataError(f"{checksums_file} is not the manifest of {dataset!r}; rerun download")
 
     log(f"preprocess: decoding {dataset} from {raw}/")

@@ -8,7 +8,6 @@ predictions agrees); otherwise it becomes ``@challenger``. The first model is ch
 The decision goes to ``reports/registry.json``. Missing or NaN metrics register nothing.
 """
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -19,33 +18,22 @@ from pipeline import atomic, paths, tracking
 from pipeline.cli import guarded, stage_parser
 from pipeline.config import load_params
 from pipeline.console import log
-from pipeline.data.fetch import sha256_of
+from pipeline.data.splits import load_meta, load_split
 from pipeline.errors import DataError, PipelineError
+from pipeline.fileio import read_json, sha256_of
 from pipeline.registry import models
 from pipeline.registry.gate import Decision, decide
-from pipeline.tuning.data import load_meta, load_split
-
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-SHA_TAG = "model.sha256"
-
-
-def model_name(params) -> str:
-    """``register.model_name``, else ``<dataset>-classifier``."""
-    return params.register.model_name or f"{params.data.dataset}-classifier"
+from pipeline.registry.names import CHALLENGER, CHAMPION, SHA_TAG, model_name
 
 
 def read_metrics(path: Path = paths.METRICS) -> dict:
     """``reports/metrics.json`` with a finite ``accuracy``; DataError otherwise."""
     path = Path(path)
-    try:
-        metrics = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(
-            f"{path}: missing; run `python -m pipeline evaluate` first; nothing registered"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable ({exc}); nothing registered") from None
+    metrics = read_json(
+        path,
+        "nothing registered",
+        missing="run `python -m pipeline evaluate` first; nothing registered",
+    )
     acc = metrics.get("accuracy") if isinstance(metrics, dict) else None
     if isinstance(acc, bool) or not isinstance(acc, int | float):
         raise DataError(f"{path}: no numeric 'accuracy' (got {acc!r}); nothing registered")
@@ -55,15 +43,12 @@ def read_metrics(path: Path = paths.METRICS) -> dict:
 
 
 def read_model_info(path: Path = paths.MODEL_INFO) -> dict:
-    path = Path(path)
-    try:
-        info = json.loads(path.read_text())
-    except FileNotFoundError:
+    """``models/model_info.json``; {} (with a warning) when the train stage left none."""
+    info = read_json(path, "rerun the train stage", default=None)
+    if info is None:
         log(f"register: warning: {path} missing; the model is logged in a new MLflow run")
         return {}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable ({exc}); rerun the train stage") from None
-    return info if isinstance(info, dict) else {}
+    return info
 
 
 def main(argv=None) -> int:
@@ -243,35 +228,33 @@ def log_and_register(
         }
         run_id = client.create_run(exp_id, run_name="register", tags=tags).info.run_id
         own_run = True
-    status = "FAILED"
     try:
-        example = x_test[:2].astype(np.float32)
-        with models.temp_dir("register-") as tmp:
-            pyfunc_dir, keras_dir = models.save_models(paths.MODEL, class_names, example, Path(tmp))
-            client.log_artifacts(run_id, str(pyfunc_dir), models.PYFUNC_PATH)
-            client.log_artifacts(run_id, str(keras_dir), models.KERAS_PATH)
-        tracking.log_metrics(client, run_id, {"register_test_accuracy": acc})
-        artifact_uri = client.get_run(run_id).info.artifact_uri
-        tags = {
-            SHA_TAG: model_sha,
-            "data.sha256": data_sha,
-            "test_accuracy": f"{acc:.6f}",
-            **{k: str(info[k]) for k in ("family", "preset", "source") if info.get(k)},
-        }
-        version = client.create_model_version(
-            name,
-            source=f"{artifact_uri.rstrip('/')}/{models.PYFUNC_PATH}",
-            run_id=run_id,
-            tags=tags,
-            description=f"test accuracy {acc:.4f}; gate: {decision.reason}",
-        ).version
-        status = "FINISHED"
+        with tracking.closing_run(client, run_id, own_run):
+            example = x_test[:2].astype(np.float32)
+            with models.temp_dir("register-") as tmp:
+                pyfunc_dir, keras_dir = models.save_models(
+                    paths.MODEL, class_names, example, Path(tmp)
+                )
+                client.log_artifacts(run_id, str(pyfunc_dir), models.PYFUNC_PATH)
+                client.log_artifacts(run_id, str(keras_dir), models.KERAS_PATH)
+            tracking.log_metrics(client, run_id, {"register_test_accuracy": acc})
+            artifact_uri = client.get_run(run_id).info.artifact_uri
+            tags = {
+                SHA_TAG: model_sha,
+                "data.sha256": data_sha,
+                "test_accuracy": f"{acc:.6f}",
+                **{k: str(info[k]) for k in ("family", "preset", "source") if info.get(k)},
+            }
+            version = client.create_model_version(
+                name,
+                source=f"{artifact_uri.rstrip('/')}/{models.PYFUNC_PATH}",
+                run_id=run_id,
+                tags=tags,
+                description=f"test accuracy {acc:.4f}; gate: {decision.reason}",
+            ).version
     except MlflowException as exc:
         first = (str(exc).strip().splitlines() or ["?"])[0][:300]
         raise PipelineError(f"MLflow: registering {name} failed: {first}") from None
-    finally:
-        if own_run:
-            client.set_terminated(run_id, status=status)
     return str(version), run_id
 
 

@@ -9,7 +9,8 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,24 @@ def experiment_id(mlflow_client, name: str) -> str:
         if found is None:
             raise
         return found.experiment_id
+
+
+@contextmanager
+def closing_run(mlflow_client, run_id: str, own: bool = True) -> Iterator[None]:
+    """End ``run_id`` FINISHED when the block succeeds, KILLED on Ctrl-C, else FAILED.
+
+    With ``own=False`` (a run another stage opened and will close) nothing is ended.
+    """
+    status = "FAILED"
+    try:
+        yield
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if own:
+            mlflow_client.set_terminated(run_id, status=status)
 
 
 def process_tags(role: str) -> dict[str, str]:

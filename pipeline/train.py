@@ -18,7 +18,7 @@ def main(argv=None) -> int:
     """Train, record the run in MLflow, write the model and its history."""
     args = stage_parser("train").parse_args(argv)
     params = load_params(args.params)
-    from pipeline.tuning.session import configure_environment
+    from pipeline.runtime import configure_environment
 
     configure_environment()
     from pipeline.training.run import train

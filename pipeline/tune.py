@@ -8,6 +8,7 @@ Writes ``models/tuner/`` (the saved search, resumed on rerun),
 import sys
 import time
 
+from pipeline import runtime
 from pipeline.cli import guarded, stage_parser
 from pipeline.config import load_params
 from pipeline.console import log
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
     """Search, record every trial in MLflow, write the leaderboard and best hparams."""
     args = parse_args(argv)
     params = load_params(args.params)
-    sessions.configure_environment()
+    runtime.configure_environment()
     if args.worker:
         from pipeline.tuning.distributed import run_worker
 
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     session = sessions.open_session(params)
     tuner = chief = None
     try:
-        from pipeline.tuning.data import fit_inputs, load_splits
+        from pipeline.data.splits import fit_inputs, load_splits
 
         tune = params.tune
         splits = load_splits(max_train_samples=tune.max_train_samples, seed=tune.seed)

@@ -15,8 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from pipeline.cli import guarded, stage_parser
 from pipeline.config import load_params
 from pipeline.console import log
 from pipeline.errors import PipelineError
+from pipeline.net import NO_PROXY, wait_ready
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -32,8 +31,6 @@ DEFAULT_PORT = 5000
 RUNS_VIEW = "#/experiments/{id}/runs?workflowType=machine_learning"
 DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # SQLAlchemy stores, +driver allowed
 STOP_TIMEOUT_S = 15
-# The server is on this machine: an http_proxy in the environment must not be asked for it.
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def parser():
@@ -159,7 +156,7 @@ def browser_url(host: str, port: int) -> str:
 
 def list_experiments(url: str) -> list[tuple[str, str]]:
     """``(id, name)`` of the active experiments, from the running server's REST API."""
-    with _NO_PROXY.open(
+    with NO_PROXY.open(
         f"{url}/api/2.0/mlflow/experiments/search?max_results=1000", timeout=30
     ) as r:
         found = json.load(r).get("experiments", [])
@@ -181,19 +178,6 @@ def print_links(url: str, project_experiment: str) -> None:
     if project_experiment not in (name for _, name in experiments):
         print(f"  no experiment {project_experiment!r} yet: `make run` creates it")
     sys.stdout.flush()
-
-
-def wait_ready(proc: subprocess.Popen, url: str, timeout: float | None = None) -> bool:
-    """Wait until the server answers ``/health``; False if it exited or ``timeout`` passed."""
-    end = None if timeout is None else time.monotonic() + timeout
-    while proc.poll() is None and (end is None or time.monotonic() < end):
-        try:
-            with _NO_PROXY.open(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return True
-        except OSError:
-            time.sleep(0.3)
-    return False
 
 
 def server_command(uri: str, host: str, port: int) -> list[str]:

@@ -147,15 +147,6 @@ def run_cli(*args, cwd=None, env=None, timeout=300) -> subprocess.CompletedProce
     )  # fmt: skip
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (for a server a test starts)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 def dvc_project(root: Path, extra_files=(), **params_changes) -> Path:
     """A copy of the project (code, search spaces, dvc.yaml, params.yaml) in a new git + DVC
     repo at ``root``, on the digits dataset; ``params_changes`` update params.yaml sections.

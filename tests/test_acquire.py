@@ -12,8 +12,8 @@ from pipeline.config import DataParams
 from pipeline.data import catalog
 from pipeline.data.acquire import acquire
 from pipeline.data.archives import safe_extract
-from pipeline.data.fetch import sha256_of
 from pipeline.errors import ChecksumError, DataError, DownloadError, UnsafeArchiveError
+from pipeline.fileio import sha256_of
 from tests.conftest import make_idx_dataset, run_cli
 
 

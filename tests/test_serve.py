@@ -2,10 +2,8 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,27 +12,8 @@ import numpy as np
 import pytest
 
 from pipeline import register
+from pipeline.net import free_port, wait_ready
 from tests.test_register import CLASSES, templates, write_candidate, write_processed
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.5)
-    raise AssertionError("server not ready in time")
 
 
 def post(url: str, body: dict) -> dict:
@@ -72,7 +51,9 @@ def test_mlflow_models_serve_champion(project, monkeypatch, tmp_path):
     )  # fmt: skip
     try:
         try:
-            wait_ready(url, proc)
+            assert wait_ready(proc, url, timeout=180, path="/ping"), (
+                f"mlflow models serve not ready (exit code {proc.returncode})"
+            )
         except AssertionError:
             log.flush()
             raise AssertionError((tmp_path / "serve.log").read_text()[-4000:]) from None

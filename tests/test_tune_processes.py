@@ -7,7 +7,6 @@ import queue
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import ui
+from pipeline.net import free_port, wait_ready
 from tests.conftest import ROOT, run_cli
 from tests.tune_helpers import (
     all_runs,
@@ -157,16 +156,10 @@ def test_sigterm_ends_runs_killed_and_the_search_resumes(proj):
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` on a free loopback port with a SQLite backend."""
-    port = _free_port()
+    port = free_port()
     store = tmp_path / "server"
     store.mkdir()
     proc = subprocess.Popen(
@@ -183,7 +176,7 @@ def mlflow_server(tmp_path):
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    if not ui.wait_ready(proc, url, timeout=120):
+    if not wait_ready(proc, url, timeout=120):
         proc.kill()
         pytest.fail("mlflow server did not start")
     yield url
@@ -249,7 +242,7 @@ def test_a_worker_that_dies_does_not_hang_the_chief(proj):
 def test_a_chief_serves_workers_started_by_hand_as_on_other_hosts(proj):
     """The multi-host recipe: `--chief` on one host, `--worker` with KERASTUNER_* elsewhere."""
     tune_params(proj, max_trials=2)
-    port = _free_port()
+    port = free_port()
     chief = Stage(proj, "--chief", "--port", str(port))
     chief.wait_for("chief serving the oracle")
     worker_env = {

@@ -14,7 +14,8 @@ import pytest
 
 from pipeline import ui
 from pipeline.errors import PipelineError
-from tests.conftest import ROOT, free_port, run_cli
+from pipeline.net import free_port, wait_ready
+from tests.conftest import ROOT, run_cli
 
 SCREENSHOTS = ROOT / "reports" / "ui"  # gitignored; CI keeps them for people to look at
 CHROMIUM = Path("/usr/bin/chromium")
@@ -123,7 +124,7 @@ class UiProcess:
             signal.signal(signal.SIGINT, previous)
 
     def wait_ready(self, timeout: float = 120) -> None:
-        if ui.wait_ready(self.proc, self.url, timeout):
+        if wait_ready(self.proc, self.url, timeout):
             return
         if self.proc.poll() is not None:
             raise AssertionError(f"ui exited with {self.proc.returncode}:\n{self.logs()}")

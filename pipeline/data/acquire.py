@@ -14,9 +14,10 @@ from pathlib import Path
 from pipeline.config import DataParams
 from pipeline.data import catalog
 from pipeline.data.archives import safe_extract
-from pipeline.data.fetch import copy_verified, download, sha256_of
+from pipeline.data.fetch import copy_verified, download
 from pipeline.data.images import IMAGE_EXTENSIONS, image_files
 from pipeline.errors import ChecksumError, DataError, DownloadError
+from pipeline.fileio import sha256_of
 
 Log = Callable[[str], None]
 

@@ -15,17 +15,7 @@ from pathlib import Path
 
 from pipeline import console
 from pipeline.errors import ChecksumError, DownloadError
-
-CHUNK = 1 << 16
-
-
-def sha256_of(path: Path) -> str:
-    """SHA-256 hex digest of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+from pipeline.fileio import CHUNK, sha256_of
 
 
 def _check(name: str, actual: str, expected: tuple[str, ...], where: str) -> None:

@@ -5,11 +5,10 @@ list), and the report says so instead of failing the stage.
 """
 
 import csv
-import json
 import math
 from pathlib import Path
 
-from pipeline import paths
+from pipeline import fileio, paths
 
 BASELINES = paths.REPORTS / "baselines"  # one <preset>.json per preset trained; not a DVC out
 
@@ -33,10 +32,7 @@ def read_csv(path: Path) -> list[dict] | None:
 
 def read_json(path: Path):
     """A JSON file's content, or None when it is missing or unreadable."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
+    return fileio.read_json(path, None, expect=None)
 
 
 def read_history(path: Path = paths.TRAIN_HISTORY) -> dict[str, list[float]] | None:

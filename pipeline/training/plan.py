@@ -4,15 +4,14 @@ Everything here is checked before Keras builds anything (and, for the best trial
 TensorFlow loads), so a missing or stale ``best_hparams.json`` is one line, not a traceback.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline import paths
 from pipeline.config import Params
-from pipeline.data.fetch import sha256_of
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.fileio import read_json, sha256_of
 
 REQUIRED_KEYS = ("trial_id", "family", "hyperparameters", "search_space", "input_shape")
 RERUN_TUNE = "rerun the tune stage (`python -m pipeline tune` or `dvc repro tune`)"
@@ -52,22 +51,13 @@ def check_preset(name: str) -> None:
 
 def read_best_hparams(path: Path = paths.BEST_HPARAMS) -> dict[str, Any]:
     """``best_hparams.json``; a one-line PipelineError when it is missing or damaged."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise PipelineError(
-            f"{path}: missing; run the tune stage first (`python -m pipeline tune` or "
-            "`dvc repro tune`), or set train.preset to train a reference preset"
-        ) from None
-    except OSError as exc:
-        raise PipelineError(f"{path}: unreadable ({exc}); {RERUN_TUNE}") from None
-    try:
-        best = json.loads(text)
-    except ValueError as exc:
-        raise PipelineError(f"{path}: not valid JSON ({exc}); {RERUN_TUNE}") from None
-    if not isinstance(best, dict):
-        raise PipelineError(f"{path}: expected a JSON object; {RERUN_TUNE}")
+    best = read_json(
+        path,
+        RERUN_TUNE,
+        missing="run the tune stage first (`python -m pipeline tune` or `dvc repro tune`), "
+        "or set train.preset to train a reference preset",
+        error=PipelineError,
+    )
     missing = [k for k in REQUIRED_KEYS if k not in best]
     if missing or not isinstance(best.get("hyperparameters"), dict):
         raise PipelineError(

@@ -86,7 +86,7 @@ def train(
     ``callbacks`` are appended after the stage's own (tests interrupt a training with
     one); ``export=False`` skips the SavedModel.
     """
-    from pipeline.tuning.data import load_meta, load_splits
+    from pipeline.data.splits import load_meta, load_splits
 
     started = time.monotonic()
     plan = plans.load_plan(params)
@@ -116,7 +116,7 @@ def train(
     else:
         tags["preset"] = str(plan.preset)
     run_id = client.create_run(exp_id, run_name=f"train-{plan.name}", tags=tags).info.run_id
-    try:
+    with tracking.closing_run(client, run_id):
         settings = {f"train.{k}": v for k, v in params.train.model_dump(mode="json").items()}
         settings["source"] = plan.source
         if plan.hyperparameters is not None:
@@ -141,13 +141,6 @@ def train(
             },
         )
         Backup(fingerprint).remove()
-        client.set_terminated(run_id, status="FINISHED")
-    except KeyboardInterrupt:
-        client.set_terminated(run_id, status="KILLED")
-        raise
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
     log(
         f"train: {plan.name} ({info['params']:,} params) {info['epochs_run']} epoch(s) in "
         f"{info['train_seconds']:.1f}s; best epoch {info['best_epoch']} "
@@ -161,8 +154,8 @@ def train(
 def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, export):
     import keras
 
+    from pipeline.data.splits import fit_inputs, steps_per_epoch
     from pipeline.training.callbacks import EpochRecorder
-    from pipeline.tuning.data import fit_inputs, steps_per_epoch
 
     train_params = params.train
     steps = steps_per_epoch(len(splits.y_train), train_params.batch_size)

@@ -10,7 +10,6 @@ chief's MLflow parent run (``PIPELINE_PARENT_RUN_ID``, else found by its tags).
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,11 @@ from pipeline import tracking
 from pipeline.config import Params
 from pipeline.console import log
 from pipeline.errors import PipelineError
+from pipeline.net import free_port
 from pipeline.search import load_search_space
 from pipeline.tuning import session as sessions
 
 PARENT_ENV = "PIPELINE_PARENT_RUN_ID"
-
-
-def free_port(host: str) -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def _gpu_ids() -> list[str]:
@@ -225,7 +218,7 @@ def _find_parent(client, exp_id: str) -> str:
 
 def run_worker(params: Params) -> int:
     """Take trials from the chief until it says stop."""
-    from pipeline.tuning.data import fit_inputs, load_splits
+    from pipeline.data.splits import fit_inputs, load_splits
 
     session = worker_session(params)
     tune = params.tune

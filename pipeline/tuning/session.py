@@ -4,7 +4,6 @@ or by workers through a chief).
 """
 
 import gc
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +17,6 @@ from pipeline.tuning import state as saved_state
 
 PARENT_ROLE = "tune-parent"
 DEADLINE_TAG = "pipeline.deadline"
-
-
-def configure_environment() -> None:
-    """Before Keras loads: GPU memory on demand, so several workers can share one GPU host."""
-    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def gpu_count() -> int:
@@ -119,7 +111,7 @@ def open_session(params: Params) -> Session:
     space_file = Path(tune.search_space)
     space = load_search_space(space_file)
     meta_file = paths.PROCESSED / paths.META_FILE
-    from pipeline.tuning.data import load_meta
+    from pipeline.data.splits import load_meta
 
     meta = load_meta()
     if meta.get("dataset") != params.data.dataset:
@@ -207,8 +199,8 @@ def build_tuner(session: Session, splits, worker: bool = False):
     import keras
     from keras_tuner.src import config as kt_config
 
+    from pipeline.data.splits import steps_per_epoch
     from pipeline.search.hypermodel import CNNHyperModel
-    from pipeline.tuning.data import steps_per_epoch
     from pipeline.tuning.oracles import make_oracle
     from pipeline.tuning.tuner import TUNER_CLASSES
 

@@ -6,15 +6,14 @@ resumed run must match the fingerprint; a torn state file is an error, never a r
 to wipe the directory.
 """
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from pipeline import atomic, paths
 from pipeline.config import TuneParams
-from pipeline.data.fetch import sha256_of
 from pipeline.errors import TuneStateError
+from pipeline.fileio import read_json, sha256_of
 
 # Settings that may change between runs of one search: they extend or limit it without
 # changing what any trial means.
@@ -42,25 +41,9 @@ def fingerprint(tune: TuneParams, space_file: Path, data_digest: str) -> dict[st
 
 def read_json_state(path: Path) -> dict:
     """A state file's object; TuneStateError naming the file when it is empty or torn."""
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise TuneStateError(f"{path}: unreadable ({exc}); {FRESH_HINT}") from None
-    if not text.strip():
-        raise TuneStateError(
-            f"{path}: empty (a write was cut off?); the saved search cannot be trusted; "
-            f"{FRESH_HINT}"
-        )
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise TuneStateError(
-            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}), torn or edited; "
-            f"the saved search cannot be trusted; {FRESH_HINT}"
-        ) from None
-    if not isinstance(data, dict):
-        raise TuneStateError(f"{path}: expected a JSON object; {FRESH_HINT}")
-    return data
+    return read_json(
+        path, f"the saved search cannot be trusted; {FRESH_HINT}", error=TuneStateError
+    )
 
 
 def check_whole(tuner_dir: Path = paths.TUNER_DIR) -> None:

@@ -1,6 +1,5 @@
 """The processed splits as model input: loaded once, cached, shuffled, batched, prefetched."""
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -8,6 +7,7 @@ import numpy as np
 
 from pipeline import paths
 from pipeline.errors import DataError
+from pipeline.fileio import read_json
 
 
 @dataclass(frozen=True)
@@ -45,15 +45,11 @@ def load_split(name: str, folder: Path = paths.PROCESSED) -> tuple[np.ndarray, n
 
 def load_meta(folder: Path = paths.PROCESSED) -> dict:
     """``meta.json`` of the processed data."""
-    path = Path(folder) / paths.META_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(
-            f"{path}: missing; run `python -m pipeline preprocess` (or `dvc repro`) first"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable ({exc}); rerun the preprocess stage") from None
+    return read_json(
+        Path(folder) / paths.META_FILE,
+        "rerun the preprocess stage",
+        missing="run `python -m pipeline preprocess` (or `dvc repro`) first",
+    )
 
 
 def load_splits(
