@@ -14,7 +14,7 @@ import pytest
 
 from pipeline import ui
 from pipeline.errors import PipelineError
-from pipeline.net import free_port, wait_ready
+from pipeline.net import NO_PROXY, free_port, wait_ready
 from tests.conftest import ROOT, run_cli
 
 SCREENSHOTS = ROOT / "reports" / "ui"  # gitignored; CI keeps them for people to look at
@@ -187,7 +187,7 @@ def start_ui(tmp_path):
 
 
 def _get(url: str) -> bytes:
-    with ui._NO_PROXY.open(url, timeout=30) as response:
+    with NO_PROXY.open(url, timeout=30) as response:
         return response.read()
 
 
