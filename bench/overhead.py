@@ -55,7 +55,7 @@ FAMILY_VALUES = {
     "dense_units": 64,
     "batch_norm": True,
 }
-COMMON_VALUES = {"dropout": 0.2, "weight_decay": 1.0e-4, "augment": False, "label_smoothing": 0.0}
+COMMON_VALUES = {"dropout": 0.2, "l2": 1.0e-4, "augment": False, "label_smoothing": 0.0}
 OPTIMIZER_VALUES = {
     "name": "adam",
     "learning_rate": 1.0e-3,

@@ -1,4 +1,6 @@
-"""Atomic writes: a reader (or a resumed run) sees the old file or the new one, never half."""
+"""Atomic writes: a reader (or a resumed run) sees the old file or the new one, never half,
+also after a power cut: the data is fsynced before the rename, the directory after it.
+"""
 
 import json
 import os
@@ -16,6 +18,29 @@ def _default_mode(directory: bool) -> int:
     return (0o777 if directory else 0o666) & ~mask
 
 
+def _fsync_file(path: str | Path) -> None:
+    # The data must be on disk before the rename, or a crash can leave an empty file in place.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: str | Path) -> None:
+    """Make a rename in ``directory`` durable; a no-op where the filesystem refuses."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems (network mounts, Windows) cannot fsync a directory
+    finally:
+        os.close(fd)
+
+
 def write_with(path: Path, writer: Callable[[Path], None]) -> None:
     """Call ``writer(tmp)`` on a temp file beside ``path``, then rename it over ``path``."""
     path = Path(path)
@@ -25,10 +50,12 @@ def write_with(path: Path, writer: Callable[[Path], None]) -> None:
     try:
         writer(Path(tmp))
         os.chmod(tmp, _default_mode(directory=False))
+        _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -59,6 +86,7 @@ def replace_dir(tmp: Path, final: Path) -> None:
     final = Path(final)
     if not final.exists():
         os.replace(tmp, final)
+        _fsync_dir(final.parent)
         return
     # A fresh, unique name for the old copy: a reused PID must not collide with a leftover.
     old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
@@ -68,4 +96,5 @@ def replace_dir(tmp: Path, final: Path) -> None:
     except BaseException:
         os.replace(old / final.name, final)  # put the previous version back
         raise
+    _fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)

@@ -58,6 +58,12 @@ class PreprocessParams(_Section):
     val_fraction: float = Field(
         0.1, gt=0, lt=1, description="share of the training set held out for validation"
     )
+    gate_fraction: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="share of the training set held out for the register stage's promotion gate",
+    )
     test_fraction: float = Field(
         0.1,
         gt=0,
@@ -85,6 +91,15 @@ class PreprocessParams(_Section):
                 )
             data = {**data, "image_size": tuple(size)}
         return data
+
+    @model_validator(mode="after")
+    def _train_left(self):
+        if self.val_fraction + self.gate_fraction >= 1:
+            raise ValueError(
+                f"gate_fraction: val_fraction {self.val_fraction} + gate_fraction "
+                f"{self.gate_fraction} leave nothing to train on; expected a sum below 1"
+            )
+        return self
 
 
 Switch = bool | Literal["auto"]
@@ -169,13 +184,16 @@ class RegisterParams(_Section):
         None, description="registered model name; null: <dataset>-classifier"
     )
     min_delta: float = Field(
-        0.0, ge=0, le=1, description="test accuracy the candidate must gain over the champion"
+        0.0,
+        ge=0,
+        le=1,
+        description="gate-split accuracy the candidate must gain over the champion",
     )
     significance: float | None = Field(
-        None,
+        0.05,
         gt=0,
         lt=1,
-        description="if set, McNemar's test on paired predictions must give p below this",
+        description="McNemar's test on the gate split must give p below this; null: off",
     )
 
 
@@ -256,12 +274,45 @@ def _known_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
     return list(model.model_fields)
 
 
-def describe_section(name: str) -> list[str]:
-    """Lines '  section.key = default: meaning' for the CLI help; ``name`` may be one key."""
+def values_in_force(path: str | Path = paths.PARAMS) -> tuple[Params, str | None]:
+    """``(params, None)`` from ``path`` for the CLI help; the defaults and why if it won't do."""
+    path = Path(path)
+    if not path.is_file():
+        return Params(), f"{path} not found"
+    try:
+        return load_params(path), None
+    except ConfigError as exc:
+        return Params(), f"{exc}; a stage stops on it"
+
+
+def describe_section(name: str, params: Params | None = None, source: str = "") -> list[str]:
+    """Help lines '  section.key = value (where it comes from): meaning'; ``name`` may be one key.
+
+    Values are those of ``params`` (read from the file ``source``), else the defaults.
+    """
     section, _, only = name.partition(".")
     fields = SECTIONS[section].model_fields
-    return [
-        f"  {section}.{key} = {field.default!r}: {field.description}"
-        for key, field in fields.items()
-        if not only or key == only
-    ]
+    given = getattr(params, section) if params is not None else None
+    lines = []
+    for key, field in fields.items():
+        if only and key != only:
+            continue
+        if given is not None and key in given.model_fields_set:
+            value = getattr(given, key)
+            default = "" if value == field.default else f"; default {_as_yaml(field.default)}"
+            where = f"{source}{default}"
+        else:
+            value, where = field.default, "default"
+        lines.append(f"  {section}.{key} = {_as_yaml(value)} ({where}): {field.description}")
+    return lines
+
+
+def _as_yaml(value: Any) -> str:
+    # As the user writes it in params.yaml: null, true, [28, 28], unquoted strings.
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_as_yaml(v) for v in value) + "]"
+    return str(value)

@@ -8,7 +8,6 @@ compare the tuned model with every reference preset trained on the dataset. Ever
 is logged to MLflow under ``evaluation/`` of the training run.
 """
 
-import os
 import shutil
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import atomic, paths, tracking
+from pipeline import atomic, paths, runtime, tracking
 from pipeline.cli import guarded, stage_parser
 from pipeline.config import load_params
 from pipeline.console import log
@@ -149,7 +148,7 @@ def main(argv=None) -> int:
     """Predict the test split, compute metrics, write plots and the report, log to MLflow."""
     args = stage_parser("evaluate").parse_args(argv)
     params = load_params(args.params)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    runtime.configure_environment()
     start = time.monotonic()
     info = load_model_info()
     meta = load_meta()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import paths, tracking
+from pipeline import paths, runtime, tracking
 from pipeline.cli import guarded, stage_parser
 from pipeline.config import Params, load_params
 from pipeline.console import log
@@ -43,6 +43,7 @@ def main(argv=None) -> int:
         params = Params()  # --model needs no params.yaml
     else:
         params = load_params(args.params)
+    runtime.configure_environment()
 
     from pipeline.registry import models
 

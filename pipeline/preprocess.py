@@ -1,4 +1,4 @@
-"""Stage preprocess: raw files to ``data/processed/{train,val,test}.npz`` + ``meta.json``.
+"""Stage preprocess: raw files to ``data/processed/{train,val,gate,test}.npz`` + ``meta.json``.
 
 Also writes the data-validation report (``reports/data_validation.json``) and prints a
 short summary of it.
@@ -56,6 +56,7 @@ def main(argv=None) -> int:
         "class_names": decoded.class_names,
         "num_classes": len(decoded.class_names),
         "input_shape": list(splits["train"][0].shape[1:]),
+        "images": report["images"],
         "counts": report["class_balance"]["counts"],
         "source_checksums": checksums["files"],
         "preprocess": pp.model_dump(mode="json"),

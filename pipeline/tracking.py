@@ -17,6 +17,7 @@ from typing import Any
 from pipeline import paths
 from pipeline.console import log
 from pipeline.errors import ConfigError
+from pipeline.redact import redact
 
 HOST_TAG = "pipeline.host"
 PID_TAG = "pipeline.pid"
@@ -47,6 +48,11 @@ def client(uri: str):
     which would then override the params of every later run in this process.
     """
     import mlflow
+
+    if redact(uri) != uri:
+        # MLflow prints "View run ... at: <tracking URI>/#/..." when a run ends on a server,
+        # password included; the stages' own lines name the run, masked.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
     return mlflow.MlflowClient(tracking_uri=uri)
 

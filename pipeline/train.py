@@ -18,9 +18,10 @@ def main(argv=None) -> int:
     """Train, record the run in MLflow, write the model and its history."""
     args = stage_parser("train").parse_args(argv)
     params = load_params(args.params)
-    from pipeline.runtime import configure_environment
+    from pipeline import runtime
 
-    configure_environment()
+    runtime.configure_environment()
+    runtime.import_keras()
     from pipeline.training.run import train
 
     train(params)

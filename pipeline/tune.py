@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     params = load_params(args.params)
     runtime.configure_environment()
+    runtime.import_keras()
     if args.worker:
         from pipeline.tuning.distributed import run_worker
 

@@ -24,6 +24,7 @@ from pipeline.config import load_params
 from pipeline.console import log
 from pipeline.errors import PipelineError
 from pipeline.net import NO_PROXY, wait_ready
+from pipeline.redact import redact
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -60,7 +61,8 @@ def main(argv=None) -> int:
     uri = tracking.tracking_uri(params.mlflow.tracking_uri)
     kind = store_kind(uri)
     if kind == "server":
-        print(f"mlflow.tracking_uri is the MLflow server {uri}: open {uri} (nothing to start)")
+        shown = redact(uri)
+        print(f"mlflow.tracking_uri is the MLflow server {shown}: open {shown} (nothing to start)")
         return 0
     check_store(uri, kind)
     if find_spec("mlflow") is None:
@@ -78,7 +80,7 @@ def main(argv=None) -> int:
     check_port(args.host, args.port)
 
     url = browser_url(args.host, args.port)
-    print(f"MLflow UI for {uri}: starting on {url} (Ctrl-C stops it)", flush=True)
+    print(f"MLflow UI for {redact(uri)}: starting on {url} (Ctrl-C stops it)", flush=True)
     return serve(server_command(uri, args.host, args.port), url, tracking.experiment_name(params))
 
 
@@ -92,7 +94,7 @@ def store_kind(uri: str) -> str:
     if scheme in ("", "file"):
         return "files"
     raise PipelineError(
-        f"cannot start an MLflow UI for tracking URI {uri!r}; open that service's own UI, "
+        f"cannot start an MLflow UI for tracking URI {redact(uri)!r}; open that service's own UI, "
         "or set mlflow.tracking_uri to a sqlite:/// store"
     )
 

@@ -82,6 +82,10 @@ from datetime import UTC, datetime
 registry_path, metrics_path, summary_path, stages = sys.argv[1:5]
 
 
+def fmt(value, otherwise=""):
+    return f"{value:.4f}" if isinstance(value, int | float) else otherwise
+
+
 def fail(message):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(1)
@@ -97,11 +101,12 @@ except (OSError, ValueError) as exc:
 record = record if isinstance(record, dict) else {}
 decision = record.get("decision")
 candidate = record.get("candidate") if isinstance(record.get("candidate"), dict) else {}
-accuracy = candidate.get("accuracy")
+# Accuracies on the gate split, the one the register stage decides on (not the test split).
+accuracy = candidate.get("gate_accuracy")
 if decision not in ("champion", "challenger") or not isinstance(accuracy, int | float):
     fail(
         f"{registry_path}: invalid: expected 'decision' champion or challenger and a numeric "
-        f"'candidate.accuracy', got {decision!r} and {accuracy!r}"
+        f"'candidate.gate_accuracy', got {decision!r} and {accuracy!r}"
     )
 # The register stage wrote registry.json in this run only if it ran: otherwise the file is
 # the last run's decision, and this run promoted nothing.
@@ -112,14 +117,14 @@ before = record.get("champion_before") or {}
 # machine): nothing was promoted.
 kept = decision == "champion" and str(before.get("version")) == str(version)
 promoted = ran and decision == "champion" and not kept
-if before.get("accuracy") is not None:
-    champion = f"v{before.get('version')} {before['accuracy']:.4f}"
+if before.get("gate_accuracy") is not None:
+    champion = f"v{before.get('version')} {before['gate_accuracy']:.4f}"
 elif before:
     champion = f"v{before.get('version')} (not comparable)"
 else:
     champion = "none"
 if ran and kept:
-    print(f"gate: kept: {name} v{version} is already @champion (test accuracy {accuracy:.4f})")
+    print(f"gate: kept: {name} v{version} is already @champion (gate accuracy {accuracy:.4f})")
 elif ran:
     verdict = "promoted" if promoted else "not promoted"
     print(
@@ -129,7 +134,7 @@ elif ran:
 else:
     print(
         f"gate: unchanged: register did not rerun (nothing it depends on changed); "
-        f"last decision: {name} v{version} -> @{decision}, test accuracy {accuracy:.4f}"
+        f"last decision: {name} v{version} -> @{decision}, gate accuracy {accuracy:.4f}"
     )
 
 try:
@@ -156,14 +161,13 @@ lines = [
     "",
     f"Gate: {record.get('reason')}",
     "",
-    "| | version | test accuracy |",
-    "| --- | --- | --- |",
-    f"| candidate | v{version} | {accuracy:.4f} |",
+    "| | version | gate accuracy | test accuracy |",
+    "| --- | --- | --- | --- |",
+    f"| candidate | v{version} | {accuracy:.4f} | {fmt(candidate.get('test_accuracy'))} |",
 ]
 if before:
-    acc = before.get("accuracy")
-    shown = f"{acc:.4f}" if isinstance(acc, int | float) else "not comparable"
-    lines.append(f"| champion before | v{before.get('version')} | {shown} |")
+    shown = fmt(before.get("gate_accuracy"), "not comparable")
+    lines.append(f"| champion before | v{before.get('version')} | {shown} | |")
 lines += [
     "",
     "- stages run: " + (", ".join(f"`{s}`" for s in stages.split()) or "none (nothing changed)"),

@@ -14,7 +14,6 @@ import yaml
 
 from pipeline import paths
 from pipeline.errors import DataError
-from pipeline.reports import metrics as report_metrics
 from tests.conftest import ROOT
 
 CLASSES = ["circle", "square", "cross"]
@@ -139,28 +138,6 @@ def _confusion_from_csv(path: Path) -> np.ndarray:
         for row in csv.DictReader(fh):
             cm[CLASSES.index(row["actual"]), CLASSES.index(row["predicted"])] += 1
     return cm
-
-
-def test_metrics_from_confusion_match_scikit_learn():
-    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
-
-    rng = np.random.default_rng(3)
-    y_true = rng.integers(0, 4, 200)
-    y_pred = np.where(rng.random(200) < 0.6, y_true, rng.integers(0, 3, 200))  # 3 never predicted
-    cm = report_metrics.confusion_matrix(y_true, y_pred, 4)
-    found = report_metrics.from_confusion(cm, list("abcd"))
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=range(4), zero_division=0)
-    assert found["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
-    assert found["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
-    for i, name in enumerate("abcd"):
-        got = found["per_class"][name]
-        assert (got["precision"], got["recall"], got["f1"]) == pytest.approx(
-            (p[i], r[i], f[i]), abs=1e-6
-        )
-        assert got["support"] == s[i]
-    probs = np.full((2, 2), 0.5)
-    assert report_metrics.cross_entropy(np.array([0, 1]), probs) == pytest.approx(np.log(2))
-    assert np.isfinite(report_metrics.cross_entropy(np.array([0]), np.array([[0.0, 1.0]])))
 
 
 def test_evaluate_writes_metrics_plots_report_and_logs_to_the_train_run(project, built):

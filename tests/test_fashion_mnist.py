@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
     reason="needs the Debian package: apt-get install dataset-fashion-mnist",
 )
 def test_default_params_give_the_official_splits(project):
-    project.params()  # all defaults: fashion_mnist, val_fraction 0.1
+    project.params()  # all defaults: fashion_mnist, val_fraction 0.1, gate_fraction 0.1
     download = run_cli("download", cwd=project.path)
     assert download.returncode == 0, download.stderr
     assert f"copied from {DEBIAN_FASHION_MNIST}" in download.stderr
@@ -25,14 +25,16 @@ def test_default_params_give_the_official_splits(project):
 
     processed = project.path / "data" / "processed"
     labels = {}
-    for split in ("train", "val", "test"):
+    for split in ("train", "val", "gate", "test"):
         with np.load(processed / f"{split}.npz", allow_pickle=False) as f:
             assert f["x"].shape[1:] == (28, 28, 1) and f["x"].dtype == np.float32
             labels[split] = f["y"]
-    assert [len(labels[s]) for s in ("train", "val", "test")] == [54000, 6000, 10000]
-    train_val = np.bincount(np.concatenate([labels["train"], labels["val"]]))
-    assert train_val.tolist() == [6000] * 10
+    sizes = [len(labels[s]) for s in ("train", "val", "gate", "test")]
+    assert sizes == [48000, 6000, 6000, 10000]
+    official_train = np.concatenate([labels["train"], labels["val"], labels["gate"]])
+    assert np.bincount(official_train).tolist() == [6000] * 10
     assert np.bincount(labels["test"]).tolist() == [1000] * 10
     assert np.bincount(labels["val"]).tolist() == [600] * 10  # stratified
+    assert np.bincount(labels["gate"]).tolist() == [600] * 10
     meta = json.loads((processed / "meta.json").read_text())
     assert meta["class_names"][0] == "T-shirt/top" and meta["class_names"][9] == "Ankle boot"

@@ -18,9 +18,10 @@ from pipeline.search.space import FAMILY_HYPERPARAMETERS, Hyperparameter
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (8, 8, 1)
 CLASSES = 3
-COMMON = {"dropout", "weight_decay", "augment", "label_smoothing"}
+COMMON = {"dropout", "l2", "augment", "label_smoothing"}
 OPTIMIZER = {"optimizer", "learning_rate", "lr_schedule"}
 SGD_ONLY = {"momentum", "nesterov"}
+ADAMW_ONLY = {"adamw_weight_decay"}
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,32 @@ def test_sgd_settings_are_live_only_for_sgd(default_space):
     assert model.optimizer.nesterov is True
 
 
+def test_adamw_decay_is_the_spaces_live_only_for_adamw(default_space):
+    hypermodel = CNNHyperModel(default_space, SHAPE, CLASSES)
+    hp = _fixed(family="lenet", optimizer="adamw", adamw_weight_decay=0.03)
+    model = hypermodel.build(hp)
+    lenet = {f"lenet/{k}" for k in FAMILY_HYPERPARAMETERS["lenet"]}
+    assert set(active_values(hp)) == {"family"} | lenet | COMMON | OPTIMIZER | ADAMW_ONLY
+    assert isinstance(model.optimizer, keras.optimizers.AdamW)
+    assert model.optimizer.weight_decay == pytest.approx(0.03)
+
+    adam = _fixed(family="lenet", optimizer="adam")
+    assert type(hypermodel.build(adam).optimizer) is keras.optimizers.Adam
+    assert "adamw_weight_decay" not in active_values(adam)
+
+
+def test_l2_is_a_kernel_penalty_in_the_loss(default_space):
+    hypermodel = CNNHyperModel(default_space, SHAPE, CLASSES)
+    model = hypermodel.build(_fixed(family="mlp", l2=0.01))
+    regularised = [layer for layer in model.layers if getattr(layer, "kernel_regularizer", None)]
+    assert regularised
+    for layer in regularised:
+        assert isinstance(layer.kernel_regularizer, keras.regularizers.L2)
+        assert layer.kernel_regularizer.l2 == pytest.approx(0.01)
+    unregularised = hypermodel.build(_fixed(family="mlp", l2=0.0))
+    assert not any(getattr(layer, "kernel_regularizer", None) for layer in unregularised.layers)
+
+
 def test_declaring_the_space_covers_every_family(default_space):
     hp = keras_tuner.HyperParameters()
     CNNHyperModel(default_space, SHAPE, CLASSES).declare_hyperparameters(hp)
@@ -99,10 +126,10 @@ def test_random_search_runs_real_trials_with_consistent_keys(small_space, data, 
         assert trial.score is not None
         values = trial.hyperparameters.values
         family = values["family"]
-        sgd = SGD_ONLY if values["optimizer"] == "sgd" else set()
+        own_optimizer = {"sgd": SGD_ONLY, "adamw": ADAMW_ONLY}.get(values["optimizer"], set())
         own = {name for name in values if "/" in name}
         assert own <= {f"{family}/{k}" for k in FAMILY_HYPERPARAMETERS[family]}
-        assert set(values) - own == {"family"} | COMMON | OPTIMIZER | sgd
+        assert set(values) - own == {"family"} | COMMON | OPTIMIZER | own_optimizer
 
 
 def _mlp_and_lenet_space(space):
@@ -201,9 +228,16 @@ def test_saved_model_reloads_with_its_augmentation_and_smoothed_loss(default_spa
     ],
 )
 def test_each_optimizer_is_built_with_its_learning_rate(name, cls):
-    optimizer = build_optimizer(name, 0.0125)
+    optimizer = build_optimizer(name, 0.0125, adamw_weight_decay=0.0)
     assert type(optimizer) is cls
     assert float(optimizer.learning_rate) == pytest.approx(0.0125)
+
+
+def test_adamw_gets_no_weight_decay_it_was_not_given():
+    with pytest.raises(ValueError, match="adamw needs adamw_weight_decay"):
+        build_optimizer("adamw", 0.001)
+    assert build_optimizer("adamw", 0.001, adamw_weight_decay=0.0).weight_decay == 0.0
+    assert build_optimizer("adam", 0.001).weight_decay is None  # Adam: no decay at all
 
 
 def test_cosine_schedule_decays_over_the_trials_steps():

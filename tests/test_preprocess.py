@@ -109,6 +109,50 @@ def test_split_is_stratified_seeded_and_keeps_the_official_test_set():
     np.testing.assert_array_equal(again["val"][0], splits["val"][0])
 
 
+def _ids(x):
+    return [im.tobytes() for im in x]
+
+
+@pytest.mark.parametrize("official_test", [True, False])
+def test_gate_split_is_stratified_sized_and_disjoint_from_train_val_test(official_test):
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), [100, 100, 50, 50])
+    x = rng.integers(0, 256, (300, 8, 8, 1), dtype=np.uint8)  # 300 distinct images
+    x_test = rng.integers(0, 256, (12, 8, 8, 1), dtype=np.uint8) if official_test else None
+    decoded = prepare.Decoded(x, y, list("abcd"), x_test, y[:12] if official_test else None)
+    params = PreprocessParams(val_fraction=0.2, gate_fraction=0.1, test_fraction=0.2, seed=3)
+    splits = prepare.split(decoded, params)
+    assert list(splits) == ["train", "val", "gate", "test"]
+    # gate_fraction is a share of the training set, like val_fraction: what test leaves.
+    pool = 300 if official_test else 240
+    x_gate, y_gate = splits["gate"]
+    assert len(y_gate) == pool // 10 and len(splits["val"][1]) == pool // 5
+    assert np.bincount(y_gate).tolist() == ([10, 10, 5, 5] if official_test else [8, 8, 4, 4])
+    ids = {name: _ids(xs) for name, (xs, _) in splits.items()}
+    for name in ids:
+        others = {i for other, v in ids.items() if other != name for i in v}
+        assert not set(ids[name]) & others, f"{name} shares images with another split"
+    assert sum(len(v) for v in ids.values()) == 300 + (12 if official_test else 0)
+    labels = dict(zip(_ids(x), y, strict=True))
+    assert [labels[i] for i in ids["gate"]] == y_gate.tolist()
+    # Val and test do not depend on the gate: the same images with another gate_fraction.
+    other = prepare.split(decoded, params.model_copy(update={"gate_fraction": 0.3}))
+    for name in ("val", "test"):
+        np.testing.assert_array_equal(other[name][0], splits[name][0])
+    assert len(other["gate"][1]) == 3 * len(y_gate)
+
+
+def test_val_and_gate_fractions_must_leave_training_images(tmp_path):
+    from pipeline.config import load_params
+    from pipeline.errors import ConfigError
+
+    assert PreprocessParams().gate_fraction == 0.1
+    path = tmp_path / "params.yaml"
+    path.write_text("preprocess:\n  val_fraction: 0.5\n  gate_fraction: 0.5\n")
+    with pytest.raises(ConfigError, match="preprocess.gate_fraction: .* leave nothing to train"):
+        load_params(path)
+
+
 def test_validation_counts_leakage_and_imbalance():
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, (60, 8, 8, 1), dtype=np.uint8)
@@ -118,7 +162,8 @@ def test_validation_counts_leakage_and_imbalance():
     splits = prepare.split(decoded, PreprocessParams(val_fraction=0.2))
     report = prepare.validate(decoded, splits)
     dup = report["duplicates"]
-    assert dup["train_test"] + dup["val_test"] == 3
+    assert dup["train_test"] + dup["val_test"] + dup["gate_test"] == 3
+    assert dup["train_gate"] == 0
     assert report["class_balance"]["imbalanced"] is True
     assert any("leakage" in w for w in report["warnings"])
 
@@ -128,10 +173,10 @@ def test_stage_on_digits_writes_loadable_splits_meta_and_report(project):
     assert run_cli("download", cwd=project.path).returncode == 0
     result = run_cli("preprocess", cwd=project.path)
     assert result.returncode == 0, result.stderr
-    assert "train 1455, val 162, test 180" in result.stderr
+    assert "train 1293, val 162, gate 162, test 180" in result.stderr
     processed = project.path / "data" / "processed"
     totals = 0
-    for split in ("train", "val", "test"):
+    for split in ("train", "val", "gate", "test"):
         with np.load(processed / f"{split}.npz", allow_pickle=False) as f:
             x, y = f["x"], f["y"]
         assert x.dtype == np.float32 and x.shape[1:] == (8, 8, 1)
@@ -142,9 +187,13 @@ def test_stage_on_digits_writes_loadable_splits_meta_and_report(project):
     meta = json.loads((processed / "meta.json").read_text())
     assert meta["input_shape"] == [8, 8, 1] and meta["num_classes"] == 10
     assert sum(meta["counts"]["val"].values()) == 162
+    sizes = {"train": 1293, "val": 162, "gate": 162, "test": 180}
+    assert meta["images"] == sizes
+    with np.load(processed / "gate.npz", allow_pickle=False) as f:
+        assert np.bincount(f["y"]).max() - np.bincount(f["y"]).min() <= 1  # stratified
     assert meta["source_checksums"]  # ties the processed data to the raw files
     report = json.loads((project.path / "reports" / "data_validation.json").read_text())
-    assert report["images"] == {"train": 1455, "val": 162, "test": 180}
+    assert report["images"] == sizes
 
 
 def test_stage_on_image_folder_reports_skipped_files(project, image_folder):
@@ -160,7 +209,7 @@ def test_stage_on_image_folder_reports_skipped_files(project, image_folder):
     )
     report = json.loads((project.path / "reports" / "data_validation.json").read_text())
     assert {s["path"] for s in report["skipped"]} == {"cat/broken.png", "dog/truncated.jpg"}
-    assert report["images"] == {"train": 18, "val": 6, "test": 6}
+    assert report["images"] == {"train": 15, "val": 6, "gate": 3, "test": 6}
     meta = json.loads((project.path / "data/processed/meta.json").read_text())
     assert meta["input_shape"] == [16, 16, 3]
 

@@ -22,9 +22,11 @@ def templates() -> np.ndarray:
     return t.reshape(3, -1).T
 
 
-def make_split(n: int = 60, seed: int = 0):
+def make_split(n: int = 60, seed: int = 0, y=None):
+    """``n`` images, classes in turn (or the labels ``y``): template plus noise."""
     rng = np.random.default_rng(seed)
-    y = np.arange(n) % 3
+    y = np.arange(n) % 3 if y is None else np.asarray(y)
+    n = len(y)
     x = 0.3 * rng.random((n,) + SHAPE, dtype=np.float32)
     x += 0.7 * templates().T[y].reshape((n,) + SHAPE)
     return np.clip(x, 0, 1).astype(np.float32), y.astype(np.int64)
@@ -52,16 +54,22 @@ def build_model(kind: str):
     return model
 
 
-def write_processed(root, x=None, y=None):
-    x, y = (x, y) if x is not None else make_split()
+def write_processed(root, gate=None, test=None, with_gate=True):
+    """data/processed as preprocess writes it: gate and test splits (60 images each by
+    default) and meta.json. ``with_gate=False``: a folder from before the gate split."""
     out = root / "data" / "processed"
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "test.npz", x=x, y=y)
+    splits = {"test": make_split(seed=1) if test is None else test}
+    if with_gate:
+        splits["gate"] = make_split() if gate is None else gate
+    for name, (x, y) in splits.items():
+        np.savez(out / f"{name}.npz", x=x, y=y)
     meta = {
         "dataset": "digits",
         "class_names": CLASSES,
         "num_classes": 3,
         "input_shape": list(SHAPE),
+        "images": {name: len(y) for name, (_, y) in splits.items()},
         "source_checksums": {"digits.csv": "0" * 64},
         "preprocess": {"image_size": None, "color_mode": "auto"},
     }
@@ -116,7 +124,8 @@ def test_first_becomes_champion_then_worse_is_challenger_then_better_takes_over(
     assert register.main([]) == 0
     rec = report(root)
     assert rec["decision"] == "champion" and rec["champion_before"] is None
-    assert rec["candidate"]["version"] == "1" and "first model" in rec["reason"]
+    assert rec["candidate"]["version"] == "1" and rec["reason"] == "first model: no champion yet"
+    assert rec["gate_split"] == "gate" and rec["num_gate"] == 60 and rec["mcnemar"] is None
     _, versions, aliases = registry_state(root)
     assert versions == [1] and aliases == {"champion": "1"}
 
@@ -125,17 +134,24 @@ def test_first_becomes_champion_then_worse_is_challenger_then_better_takes_over(
     rec = report(root)
     assert rec["decision"] == "challenger"
     assert rec["champion_before"]["version"] == "1"
-    assert rec["champion_before"]["accuracy"] == pytest.approx(2 / 3)
-    assert rec["candidate"]["accuracy"] == 0.0 and "worse" in rec["reason"]
+    assert rec["champion_before"]["gate_accuracy"] == pytest.approx(2 / 3)
+    assert rec["candidate"]["gate_accuracy"] == 0.0 and "worse" in rec["reason"]
     _, versions, aliases = registry_state(root)
     assert versions == [1, 2] and aliases == {"champion": "1", "challenger": "2"}
 
+    # A clear gain: good is right on the 20 class-2 gate images medium gets wrong, and never
+    # wrong where medium is right, so McNemar's exact p is 2 * 0.5**20.
     write_candidate(root, "good")
     assert register.main([]) == 0
     rec = report(root)
     assert rec["decision"] == "champion" and rec["candidate"]["version"] == "3"
-    assert rec["champion_before"] == {"version": "1", "accuracy": pytest.approx(2 / 3)}
-    assert rec["candidate"]["accuracy"] == 1.0 and rec["champion_after"]["version"] == "3"
+    assert rec["champion_before"] == {"version": "1", "gate_accuracy": pytest.approx(2 / 3)}
+    assert rec["candidate"]["gate_accuracy"] == 1.0 and rec["champion_after"]["version"] == "3"
+    assert rec["candidate"]["test_accuracy"] == 1.0  # from reports/metrics.json
+    assert rec["significance"] == 0.05  # the default
+    assert rec["mcnemar"]["b"] == 20 and rec["mcnemar"]["c"] == 0
+    assert rec["mcnemar"]["p_value"] == pytest.approx(2 * 0.5**20)
+    assert "is significant" in rec["reason"] and "on the gate split (60 images)" in rec["reason"]
     client, versions, aliases = registry_state(root)
     assert versions == [1, 2, 3] and aliases == {"champion": "3", "challenger": "2"}
 
@@ -155,7 +171,7 @@ def test_first_becomes_champion_then_worse_is_challenger_then_better_takes_over(
     assert registry_state(root)[1:] == ([1, 2, 3], {"champion": "3", "challenger": "2"})
 
 
-def test_min_delta_and_significance_keep_champion(reg_project):
+def test_min_delta_keeps_champion(reg_project):
     root = reg_project.path
     write_candidate(root, "medium")
     assert register.main([]) == 0
@@ -170,19 +186,64 @@ def test_min_delta_and_significance_keep_champion(reg_project):
     assert rec["decision"] == "challenger" and "min_delta" in rec["reason"]
     assert registry_state(root)[2] == {"champion": "1", "challenger": "2"}
 
-    # 5 test images: good beats medium on 1 or 2 of them, far from significant.
-    x, y = make_split(5)
-    write_processed(root, x, y)
+
+def tiny_gain_gate(n=300, class_2=3):
+    """A gate split where good beats medium on ``class_2`` images only (+1% at the defaults)."""
+    y = np.arange(n) % 2
+    y[:class_2] = 2
+    return make_split(seed=3, y=y)
+
+
+def test_tiny_gain_on_the_gate_split_keeps_champion_unless_mcnemar_is_off(reg_project, capsys):
+    root = reg_project.path
+    reg_project.params(data={"dataset": "digits"}, mlflow={"tracking_uri": "sqlite:///mlflow.db"})
+    # The test split (60 images, 20 of class 2) would show a clear gain: the gate must not
+    # look at it.
+    write_processed(root, gate=tiny_gain_gate())
+    write_candidate(root, "medium")
+    assert register.main([]) == 0
+    write_candidate(root, "good")
+    capsys.readouterr()
+    assert register.main([]) == 0
+    rec = report(root)
+    assert rec["decision"] == "challenger" and rec["num_gate"] == 300
+    assert rec["candidate"]["gate_accuracy"] == 1.0 and rec["candidate"]["test_accuracy"] == 1.0
+    assert rec["champion_before"]["gate_accuracy"] == pytest.approx(297 / 300)
+    assert rec["mcnemar"] == {"b": 3, "c": 0, "p_value": pytest.approx(0.25), "method": "exact"}
+    assert rec["reason"].startswith(
+        "not a significant gain: candidate 1.0000 vs champion v1 0.9900 on the gate split "
+        "(300 images), +0.0100 is not significant (McNemar p=0.25 >= 0.05"
+    )
+    err = capsys.readouterr().err
+    assert "-> @challenger; not promoted: not a significant gain" in err
+    assert registry_state(root)[2] == {"champion": "1", "challenger": "2"}
+
+    # significance: null is the old gate: any gain above min_delta promotes.
     reg_project.params(
         data={"dataset": "digits"},
-        register={"min_delta": 0.0, "significance": 0.05},
+        register={"significance": None},
         mlflow={"tracking_uri": "sqlite:///mlflow.db"},
     )
     assert register.main([]) == 0
     rec = report(root)
-    assert rec["decision"] == "challenger" and "not significant" in rec["reason"]
-    assert rec["mcnemar"]["method"] == "exact" and rec["mcnemar"]["p_value"] >= 0.05
-    assert registry_state(root)[2] == {"champion": "1", "challenger": "2"}
+    assert rec["decision"] == "champion" and rec["mcnemar"] is None
+    assert "McNemar's test off" in rec["reason"]
+    assert "-> @champion; promoted: better than champion v1" in capsys.readouterr().err
+    assert registry_state(root)[2] == {"champion": "2"}
+
+
+def test_processed_folder_without_gate_split_is_one_line_error(reg_project):
+    from tests.conftest import run_cli
+
+    write_candidate(reg_project.path, "good")
+    write_processed(reg_project.path, with_gate=False)  # as preprocess wrote it before
+    (reg_project.path / "data/processed/gate.npz").unlink()
+    done = run_cli("register", cwd=reg_project.path, env={"MLFLOW_TRACKING_URI": ""})
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: data/processed: prepared before")
+    assert "rerun preprocess: `dvc repro`" in lines[0]
+    assert not (reg_project.path / "mlflow.db").exists()
 
 
 @pytest.mark.parametrize("accuracy", [float("nan"), None, "high"])
@@ -223,6 +284,13 @@ def test_gate_rules():
     assert not decide(good, good, 0.0, None).promote  # a tie keeps the champion
     assert decide(good, worse, 0.5, None).promote  # gain 0.5 >= 0.5
     assert not decide(good, worse, 0.51, None).promote
+    # McNemar: 2 discordant pairs, both the candidate's, give p = 0.5; 8 give p = 2 / 2**8.
+    noise = decide(good, worse, 0.0, 0.05)
+    assert not noise.promote and (noise.mcnemar.b, noise.mcnemar.c) == (2, 0)
+    assert "+0.5000 is not significant (McNemar p=0.5 >= 0.05" in noise.reason
+    clear = decide(np.ones(8, bool), np.zeros(8, bool), 0.0, 0.05)
+    assert clear.promote and clear.mcnemar.p_value == pytest.approx(2 / 2**8)
+    assert not decide(worse, good, 0.0, 0.05).promote  # worse stays worse, whatever p says
 
 
 def test_mcnemar_exact_and_chi2():

@@ -78,7 +78,7 @@ def test_retrain_pulls_reproduces_gates_and_pushes(repo, tmp_path):
     gate = [line for line in first.stdout.splitlines() if line.startswith("gate: ")]
     assert gate == [
         f"gate: promoted: digits-classifier v1 -> @champion; candidate "
-        f"{record['candidate']['accuracy']:.4f}, champion before none: first model: no "
+        f"{record['candidate']['gate_accuracy']:.4f}, champion before none: first model: no "
         "champion yet"
     ]
     pushed = remote_files(remote)
@@ -135,10 +135,10 @@ fi
 
 CHALLENGER = {
     "decision": "challenger",
-    "reason": "worse than champion v1: test accuracy 0.8000 vs champion v1 0.9000",
+    "reason": "worse than champion v1: candidate 0.8000 vs champion v1 0.9000 on the gate split",
     "model_name": "digits-classifier",
-    "candidate": {"version": "2", "accuracy": 0.8},
-    "champion_before": {"version": "1", "accuracy": 0.9},
+    "candidate": {"version": "2", "gate_accuracy": 0.8, "test_accuracy": 0.81},
+    "champion_before": {"version": "1", "gate_accuracy": 0.9},
     "champion_after": {"version": "1"},
 }
 
@@ -194,7 +194,8 @@ def test_a_model_that_is_not_promoted_is_not_a_failure(fake):
     assert "dvc pull: skipped, no DVC remote configured" in result.stdout
     summary = (fake.path / "reports/retrain_summary.md").read_text()
     assert summary.startswith("## Retraining: digits-classifier v2 not promoted (@challenger)")
-    assert "| champion before | v1 | 0.9000 |" in summary and "`register`" in summary
+    assert "| candidate | v2 | 0.8000 | 0.8100 |" in summary
+    assert "| champion before | v1 | 0.9000 | |" in summary and "`register`" in summary
     assert Path(fake.env["GITHUB_STEP_SUMMARY"]).read_text() == summary
     assert "decision=challenger\npromoted=false\n" == Path(fake.env["GITHUB_OUTPUT"]).read_text()
 
@@ -221,7 +222,7 @@ def test_with_a_remote_it_pulls_before_and_pushes_after_repro(fake):
     [
         (None, "reports/registry.json: missing after dvc repro"),
         ("{not json", "reports/registry.json: not valid JSON"),
-        ('{"decision": "maybe", "candidate": {"accuracy": 0.5}}', "invalid: expected"),
+        ('{"decision": "maybe", "candidate": {"gate_accuracy": 0.5}}', "invalid: expected"),
     ],
 )
 def test_a_missing_or_invalid_decision_fails_before_the_push(fake, content, message):

@@ -22,6 +22,7 @@ def test_default_space_covers_every_family_and_optimizer():
     assert space.optimizer.lr_schedule.values == ["constant", "cosine"]
     assert space.optimizer.learning_rate.sampling == "log"
     assert space.optimizer.momentum.active_when == {"name": ["sgd"]}
+    assert space.optimizer.adamw_weight_decay.active_when == {"name": ["adamw"]}
 
 
 def test_default_space_pins_the_contract_defaults():
@@ -38,7 +39,7 @@ def test_default_space_pins_the_contract_defaults():
         "activation": "relu",
         "batch_norm": False,
         "dropout": 0.0,
-        "weight_decay": 1e-6,
+        "l2": 1e-6,
     }
     assert space.builder_values("mlp", "max")["units"] == 512
     assert space.builder_values("mobilenet", "max")["width_multiplier"] == 1.0
@@ -64,7 +65,7 @@ def test_small_space_loads_with_cheap_families():
 def test_scientific_notation_without_a_dot_reads_as_a_number(tmp_path):
     # Plain YAML 1.1 would read 1e-4 as the text "1e-4".
     path = _write(tmp_path, DEFAULT.read_text().replace("1.0e-4", "1e-4"))
-    assert load_search_space(path).common.weight_decay.default == 1e-4
+    assert load_search_space(path).common.l2.default == 1e-4
 
 
 def _write(tmp_path, text):
@@ -131,6 +132,14 @@ BAD_FILES = {
         _edit("[sgd, adagrad, adam, rmsprop, adamw]", "[sgd, adam, lion]"),
         "optimizer.name: 'lion' is outside the allowed values sgd, adagrad, adam",
     ),
+    "a space from before weight_decay became l2": (
+        _edit("  l2: {type: float", "  weight_decay: {type: float"),
+        "common: weight_decay was renamed to l2 (",
+    ),
+    "adamw without its weight decay": (
+        _edit("  adamw_weight_decay: {", "  # adamw_weight_decay: {"),
+        "optimizer.adamw_weight_decay: required when name can be adamw",
+    ),
     "condition on a missing sibling": (
         _edit("active_when: {version: [v2]}", "active_when: {versoin: [v2]}"),
         "families.mobilenet.expansion.active_when: 'versoin' is not a hyperparameter here",
@@ -170,3 +179,11 @@ def test_invalid_file_is_one_line_config_error_naming_file_and_key(tmp_path, cas
 def test_missing_file_is_config_error(tmp_path):
     with pytest.raises(ConfigError, match="space.yaml: search-space file not found"):
         load_search_space(tmp_path / "space.yaml")
+
+
+def test_a_space_without_adamw_needs_no_adamw_weight_decay(tmp_path):
+    text = _edit("[sgd, adagrad, adam, rmsprop, adamw]", "[sgd, adam]")
+    text = text.replace("  adamw_weight_decay: {", "  # adamw_weight_decay: {")
+    space = load_search_space(_write(tmp_path, text))
+    assert space.optimizer.adamw_weight_decay is None
+    assert "adamw_weight_decay" not in space.optimizer.specs()

@@ -3,6 +3,7 @@ and the guards on a saved search. Kill/resume and parallel workers are in
 test_tune_processes.py (slow)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -303,3 +304,56 @@ def test_the_cli_exits_1_with_one_line_when_every_trial_fails(tuned):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: search stopped: Number of consecutive failures")
     assert "Traceback" not in result.stderr
+
+
+def test_a_local_worker_stops_when_its_chief_is_sigkilled(tmp_path):
+    """The worker polls for its chief and SIGTERMs itself once the chief is gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    worker = (
+        "import time\n"
+        "from pipeline.tuning.distributed import exit_with_chief\n"
+        "assert exit_with_chief(poll_s=0.05) is not None\n"
+        "time.sleep(60)\n"
+    )
+    pid_file = tmp_path / "worker.pid"
+    chief = (
+        "import os, pathlib, subprocess, sys, time\n"
+        "env = {**os.environ, 'PIPELINE_CHIEF_PID': str(os.getpid())}\n"
+        f"proc = subprocess.Popen([sys.executable, '-c', {worker!r}], env=env)\n"
+        f"pathlib.Path({str(pid_file)!r} + '.tmp').write_text(str(proc.pid))\n"
+        f"os.replace({str(pid_file)!r} + '.tmp', {str(pid_file)!r})\n"
+        "time.sleep(60)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", chief], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists():
+            assert time.monotonic() < deadline, "the chief did not start its worker"
+            time.sleep(0.05)
+        worker_pid = int(pid_file.read_text())
+        time.sleep(1.0)  # the worker has imported pipeline and is watching
+        assert _running(worker_pid)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 15
+    while _running(worker_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(worker_pid), "the worker outlived its SIGKILLed chief"
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (Linux /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -257,3 +257,37 @@ def test_a_chief_serves_workers_started_by_hand_as_on_other_hosts(proj):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(r.data.tags["trial_id"] for r in runs) == ["0", "1"]
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}
+
+
+def _workers_of(chief_pid: int) -> list[int]:
+    """Live worker processes started by the chief ``chief_pid`` (by their environment)."""
+    marker = f"PIPELINE_CHIEF_PID={chief_pid}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in environ and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+def test_workers_stop_and_close_their_runs_when_the_chief_is_sigkilled(proj):
+    tune_params(proj, max_trials=4, **SLOW_TRIALS)
+    stage = Stage(proj, "--workers", "2")
+    stage.wait_for(r"^\[tuner\d\] trial \d/4 ")  # the workers are taking trials
+    workers = _workers_of(stage.proc.pid)
+    assert len(workers) == 2
+    stage.proc.send_signal(signal.SIGKILL)
+    stage.finish()
+    deadline = time.monotonic() + 60
+    while _workers_of(stage.proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _workers_of(stage.proc.pid) == [], "workers outlived their SIGKILLed chief"
+    # They stopped by SIGTERM, as on Ctrl-C: each closed its running trial's run.
+    _, runs = parent_and_trials(mlflow_client(proj))
+    assert runs and not [r for r in runs if r.info.status == "RUNNING"]

@@ -15,6 +15,7 @@ def tiny_space() -> dict:
     space = yaml.safe_load((ROOT / "search_spaces" / "small.yaml").read_text())
     space["families"] = {k: space["families"][k] for k in ("mlp", "simple_cnn")}
     space["optimizer"]["name"] = {"type": "choice", "values": ["adam", "sgd"], "default": "adam"}
+    del space["optimizer"]["adamw_weight_decay"]  # only allowed where adamw can be chosen
     space["optimizer"]["learning_rate"] = {
         "type": "float", "min": 1.0e-3, "max": 1.0e-2, "sampling": "log", "default": 3.0e-3
     }  # fmt: skip

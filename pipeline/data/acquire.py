@@ -18,6 +18,7 @@ from pipeline.data.fetch import copy_verified, download
 from pipeline.data.images import IMAGE_EXTENSIONS, image_files
 from pipeline.errors import ChecksumError, DataError, DownloadError
 from pipeline.fileio import sha256_of
+from pipeline.redact import redact
 
 Log = Callable[[str], None]
 
@@ -78,7 +79,7 @@ def _fetch_one(
                 url, dest, remote.sha256, timeout=params.timeout_s, retries=params.retries,
                 backoff=backoff, log=log,
             )  # fmt: skip
-            return digest, url
+            return digest, redact(url)  # checksums.json is pushed to the DVC remote
         except DownloadError as exc:
             failures.append(str(exc))
             last_error = type(exc)

@@ -5,11 +5,13 @@ transient failures with exponential backoff, and are renamed into place only onc
 SHA-256 matches. Nothing half-written is ever left under the destination name.
 """
 
+import base64
 import hashlib
 import http.client
 import shutil
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -82,12 +84,31 @@ def download(
         part.unlink(missing_ok=True)
 
 
+def _request(url: str) -> urllib.request.Request:
+    """``url`` as a request; ``user:password@`` in it is sent as HTTP Basic auth.
+
+    urllib would take the user info for part of the host name.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return urllib.request.Request(url)
+    credentials = f"{urllib.parse.unquote(parts.username)}:"
+    credentials += urllib.parse.unquote(parts.password or "")
+    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    request = urllib.request.Request(bare)
+    token = base64.b64encode(credentials.encode()).decode()
+    # Unredirected: a redirect to another host must not receive the password.
+    request.add_unredirected_header("Authorization", f"Basic {token}")
+    return request
+
+
 def _stream(url: str, part: Path, timeout: float, log) -> str:
     """One attempt: stream ``url`` into ``part``; return its SHA-256."""
     digest = hashlib.sha256()
     received = 0
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as out:
+        request = _request(url)
+        with urllib.request.urlopen(request, timeout=timeout) as resp, open(part, "wb") as out:
             length = resp.headers.get("Content-Length") or "0"
             total = int(length) if length.isdigit() else 0
             progress = _Progress(part.name.removesuffix(".part"), total, log)

@@ -1,6 +1,7 @@
 """The preprocess stage's work: splits, scaling, data validation and metadata."""
 
 import hashlib
+import math
 from pathlib import Path
 
 import numpy as np
@@ -43,25 +44,43 @@ def conform(decoded: Decoded, params: PreprocessParams) -> Decoded:
 
 
 def split(decoded: Decoded, params: PreprocessParams) -> Splits:
-    """Stratified train/val split of the training set; official test kept (else split off)."""
+    """Stratified train/val/gate splits of the training set; official test kept (else split off).
+
+    ``val_fraction`` and ``gate_fraction`` are shares of the training set (what the test split
+    leaves). The gate split is for the register stage only: the reported test accuracy is not
+    selected on it and, unlike val, it did not pick the best epoch.
+    """
     x, y = decoded.x, decoded.y
     if decoded.x_test is None:
         x, x_test, y, y_test = _stratified(x, y, params.test_fraction, params.seed, "test")
     else:
         x_test, y_test = decoded.x_test, decoded.y_test
     x_train, x_val, y_train, y_val = _stratified(x, y, params.val_fraction, params.seed, "val")
-    return {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
+    # Carved after val, from train, so val and test are the same images as without a gate.
+    n_gate = math.ceil(params.gate_fraction * len(y))  # ceil: as sklearn sizes val
+    x_train, x_gate, y_train, y_gate = _stratified(
+        x_train, y_train, params.gate_fraction, params.seed, "gate", size=n_gate
+    )
+    return {
+        "train": (x_train, y_train),
+        "val": (x_val, y_val),
+        "gate": (x_gate, y_gate),
+        "test": (x_test, y_test),
+    }
 
 
-def _stratified(x, y, fraction, seed, name):
+def _stratified(x, y, fraction, seed, name, size=None):
     try:
-        return train_test_split(x, y, test_size=fraction, stratify=y, random_state=seed)
+        return train_test_split(
+            x, y, test_size=fraction if size is None else size, stratify=y, random_state=seed
+        )
     except ValueError as exc:
         counts = np.bincount(y)
         raise DataError(
-            f"cannot make a stratified {name} split of {len(y)} images with fraction "
-            f"{fraction} (smallest class has {counts[counts > 0].min()} images): {exc}; "
-            "add images or change preprocess.val_fraction / preprocess.test_fraction"
+            f"cannot make a stratified {name} split of {len(y)} images with "
+            f"preprocess.{name}_fraction {fraction} (smallest class has "
+            f"{counts[counts > 0].min()} images): {exc}; add images or lower "
+            "preprocess.val_fraction / gate_fraction / test_fraction"
         ) from None
 
 
@@ -79,6 +98,7 @@ def validate(decoded: Decoded, splits: Splits) -> dict:
     digests = {name: _digests(x) for name, (x, _) in splits.items()}
     test = set(digests["test"])
     train_all = digests["train"] + digests["val"]
+    seen_in_training = set(train_all)
     counts = {name: _class_counts(y, decoded.class_names) for name, (_, y) in splits.items()}
     totals = np.array(
         [sum(counts[s][c] for s in counts) for c in decoded.class_names], dtype=np.int64
@@ -91,7 +111,10 @@ def validate(decoded: Decoded, splits: Splits) -> dict:
         "duplicates": {
             "train_test": sum(d in test for d in digests["train"]),
             "val_test": sum(d in test for d in digests["val"]),
-            "within_train": len(train_all) - len(set(train_all)),
+            "within_train": len(train_all) - len(seen_in_training),
+            # Gate images the model may have memorised (they flatter it at the gate).
+            "train_gate": sum(d in seen_in_training for d in digests["gate"]),
+            "gate_test": sum(d in test for d in digests["gate"]),
         },
         "class_balance": {
             "counts": counts,
@@ -124,11 +147,10 @@ def _warnings(report: dict) -> list[str]:
 def summary_lines(meta: dict, report: dict) -> list[str]:
     """A short console summary of the prepared data."""
     shape = "x".join(str(d) for d in meta["input_shape"])
-    n = report["images"]
+    sizes = ", ".join(f"{name} {n}" for name, n in report["images"].items())
     dup = report["duplicates"]
     lines = [
-        f"preprocess: {meta['dataset']} {shape}, {meta['num_classes']} classes: "
-        f"train {n['train']}, val {n['val']}, test {n['test']}",
+        f"preprocess: {meta['dataset']} {shape}, {meta['num_classes']} classes: {sizes}",
         f"validation: {len(report['skipped'])} skipped, "
         f"{report['conversions'].get('resized', 0)} resized, duplicates train/test "
         f"{dup['train_test']}, val/test {dup['val_test']}, within train+val {dup['within_train']}; "
@@ -139,6 +161,6 @@ def summary_lines(meta: dict, report: dict) -> list[str]:
 
 
 def write_splits(splits: Splits, out: Path) -> None:
-    """Write ``{train,val,test}.npz`` (keys x float32, y int64) into the folder ``out``."""
+    """Write ``{train,val,gate,test}.npz`` (keys x float32, y int64) into the folder ``out``."""
     for name, (x, y) in splits.items():
         np.savez(out / f"{name}.npz", x=to_float(x), y=y.astype(np.int64))

@@ -3,7 +3,7 @@
 Every module ``pipeline.families.<name>`` defines
 ``build(hp, input_shape, num_classes) -> keras.Model``: ``hp`` is a plain mapping from the
 family's hyperparameter names, as written under ``families.<name>`` in the search-space
-YAML, plus the common ``dropout`` and ``weight_decay``, to concrete values. Inputs are
+YAML, plus the common ``dropout`` and ``l2``, to concrete values. Inputs are
 channels-last (H, W, C) from 8x8 to 224x224; the output is a softmax over the classes.
 Builders use ``keras.layers`` / ``keras.ops`` only, so they run on TensorFlow and JAX.
 

@@ -7,9 +7,9 @@ from keras import layers
 
 
 def l2(hp) -> keras.regularizers.Regularizer | None:
-    """The L2 kernel regulariser for the common ``weight_decay`` hyperparameter."""
-    wd = float(hp.get("weight_decay", 0.0) or 0.0)
-    return keras.regularizers.L2(wd) if wd > 0 else None
+    """The L2 kernel regulariser for the common ``l2`` hyperparameter (None when 0)."""
+    factor = float(hp.get("l2", 0.0) or 0.0)
+    return keras.regularizers.L2(factor) if factor > 0 else None
 
 
 def max_halvings(input_shape, min_size: int = 1) -> int:

@@ -23,9 +23,13 @@ def decide(
     min_delta: float,
     significance: float | None,
     champion_label: str = "the champion",
+    split: str = "the gate split",
 ) -> Decision:
-    """Promote only a candidate better by at least ``min_delta`` (and, with ``significance``,
-    McNemar's p below it). ``champion_correct`` None: there is no champion yet."""
+    """Promote only a candidate better by at least ``min_delta`` and, unless ``significance``
+    is None, with McNemar's p below it. ``champion_correct`` None: there is no champion yet.
+
+    Both masks say which images of ``split`` each model got right, image by image.
+    """
     if champion_correct is None:
         return Decision(True, "first model: no champion yet")
     cand = np.asarray(candidate_correct, dtype=bool)
@@ -33,18 +37,28 @@ def decide(
     acc_a, acc_k = float(cand.mean()), float(champ.mean())
     delta = acc_a - acc_k
     test = mcnemar(cand, champ) if significance is not None else None
-    scores = f"test accuracy {acc_a:.4f} vs {champion_label} {acc_k:.4f} (delta {delta:+.4f})"
+    scores = f"candidate {acc_a:.4f} vs {champion_label} {acc_k:.4f} on {split}"
     if delta <= _EPS:
         verdict = "not better than" if delta >= -_EPS else "worse than"
-        return Decision(False, f"{verdict} {champion_label}: {scores}", test)
+        return Decision(False, f"{verdict} {champion_label}: {scores} ({delta:+.4f})", test)
     if delta + _EPS < min_delta:
-        return Decision(False, f"gain below min_delta {min_delta}: {scores}", test)
-    if test is not None and not test.p_value < significance:
+        return Decision(False, f"gain below min_delta: {scores}, {delta:+.4f} < {min_delta}", test)
+    if test is None:
+        return Decision(
+            True, f"better than {champion_label}: {scores}, {delta:+.4f} (McNemar's test off)", test
+        )
+    p_value = f"McNemar p={test.p_value:.2g}"
+    detail = f"b={test.b} only the candidate right, c={test.c} only the champion right"
+    if not test.p_value < significance:
         return Decision(
             False,
-            f"better but not significant: McNemar p={test.p_value:.4g} >= {significance} "
-            f"(b={test.b}, c={test.c}); {scores}",
+            f"not a significant gain: {scores}, {delta:+.4f} is not significant "
+            f"({p_value} >= {significance}; {detail})",
             test,
         )
-    extra = f"; McNemar p={test.p_value:.4g} < {significance}" if test is not None else ""
-    return Decision(True, f"better than {champion_label}: {scores}{extra}", test)
+    return Decision(
+        True,
+        f"better than {champion_label}: {scores}, {delta:+.4f} is significant "
+        f"({p_value} < {significance}; {detail})",
+        test,
+    )

@@ -29,8 +29,9 @@ def load_keras(path: Path):
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: missing; run `python -m pipeline train` (or `dvc repro`) first")
-    import keras
+    from pipeline.runtime import import_keras
 
+    keras = import_keras()
     try:
         return keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file

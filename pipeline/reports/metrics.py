@@ -1,4 +1,4 @@
-"""Classification metrics on the test split, computed with numpy from the probabilities."""
+"""Classification metrics on the test split: scikit-learn's, from the predicted probabilities."""
 
 import numpy as np
 
@@ -7,10 +7,10 @@ EPSILON = 1e-7
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """``cm[i, j]``: test images of class ``i`` predicted as ``j``."""
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
-    return cm
+    """``cm[i, j]``: test images of class ``i`` predicted as ``j`` (every class has a row)."""
+    from sklearn import metrics as skm  # here, not at the top: it costs `--help` a second
+
+    return skm.confusion_matrix(y_true, y_pred, labels=range(num_classes)).astype(np.int64)
 
 
 def cross_entropy(y_true: np.ndarray, probs: np.ndarray) -> float:
@@ -19,21 +19,16 @@ def cross_entropy(y_true: np.ndarray, probs: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(picked, EPSILON, 1.0))))
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    # 0 where the denominator is 0 (a class never predicted / absent): scikit-learn's default.
-    out = np.zeros(num.shape, dtype=np.float64)
-    np.divide(num, den, out=out, where=den > 0)
-    return out
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict:
+    """Accuracy, per-class precision/recall/F1/support and their macro means."""
+    from sklearn import metrics as skm
 
-
-def from_confusion(cm: np.ndarray, class_names: list[str]) -> dict:
-    """Accuracy, per-class precision/recall/F1/support and their macro means, from ``cm``."""
-    cm = np.asarray(cm, dtype=np.int64)
-    tp = np.diag(cm).astype(np.float64)
-    predicted, actual = cm.sum(axis=0), cm.sum(axis=1)
-    precision, recall = _ratio(tp, predicted), _ratio(tp, actual)
-    f1 = _ratio(2 * precision * recall, precision + recall)
-    total = int(cm.sum())
+    labels = range(len(class_names))
+    # zero_division=0: a class never predicted (or absent from the test split) scores 0,
+    # without scikit-learn's UndefinedMetricWarning.
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
     per_class = {
         name: {
             "precision": round(float(p), 6),
@@ -41,14 +36,14 @@ def from_confusion(cm: np.ndarray, class_names: list[str]) -> dict:
             "f1": round(float(f), 6),
             "support": int(s),
         }
-        for name, p, r, f, s in zip(class_names, precision, recall, f1, actual, strict=True)
+        for name, p, r, f, s in zip(class_names, precision, recall, f1, support, strict=True)
     }
     return {
-        "accuracy": float(tp.sum() / total) if total else 0.0,
-        "macro_precision": float(precision.mean()),
-        "macro_recall": float(recall.mean()),
-        "macro_f1": float(f1.mean()),
-        "num_test": total,
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
+        "macro_precision": float(np.mean(precision)),
+        "macro_recall": float(np.mean(recall)),
+        "macro_f1": float(np.mean(f1)),
+        "num_test": int(len(y_true)),
         "per_class": per_class,
     }
 
@@ -57,9 +52,10 @@ def evaluate_predictions(
     y_true: np.ndarray, probs: np.ndarray, class_names: list[str]
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     """``(metrics, confusion matrix, predicted labels)`` of softmax ``probs`` on ``y_true``."""
+    y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.argmax(probs, axis=1)
     cm = confusion_matrix(y_true, y_pred, len(class_names))
-    found = from_confusion(cm, class_names)
+    found = classification_metrics(y_true, y_pred, class_names)
     metrics = {
         "accuracy": round(found["accuracy"], 6),
         "loss": round(cross_entropy(y_true, probs), 6),

@@ -2,9 +2,9 @@
 
 Hyperparameter names: ``family``; each family's own as ``<family>/<key>`` inside a
 conditional scope on ``family``, so a trial holds only its family's values; the common
-ones (``dropout``, ``weight_decay``, ``augment``, ``label_smoothing``); and the
-optimizer's (``optimizer``, ``learning_rate``, ``momentum``, ``nesterov``,
-``lr_schedule``).
+ones (``dropout``, ``l2``, ``augment``, ``label_smoothing``); and the optimizer's
+(``optimizer``, ``learning_rate``, ``lr_schedule``; ``momentum`` and ``nesterov`` for sgd,
+``adamw_weight_decay`` for adamw).
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -165,6 +165,7 @@ class CNNHyperModel(keras_tuner.HyperModel):
                 opt["learning_rate"],
                 momentum=opt["momentum"],
                 nesterov=opt["nesterov"],
+                adamw_weight_decay=opt.get("adamw_weight_decay"),
                 schedule=opt["lr_schedule"],
                 total_steps=self.total_steps,
             ),

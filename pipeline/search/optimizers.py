@@ -11,10 +11,14 @@ def build_optimizer(
     *,
     momentum: float = 0.0,
     nesterov: bool = False,
+    adamw_weight_decay: float | None = None,
     schedule: str = "constant",
     total_steps: int | None = None,
 ) -> keras.optimizers.Optimizer:
-    """A fresh optimizer; ``schedule="cosine"`` decays to zero over ``total_steps``."""
+    """A fresh optimizer; ``schedule="cosine"`` decays to zero over ``total_steps``.
+
+    ``adamw_weight_decay`` is required for ``adamw``: no default decay slips in unseen.
+    """
     rate: float | keras.optimizers.schedules.LearningRateSchedule = float(learning_rate)
     # Without a step count there is nothing to decay over, so the rate stays constant.
     if schedule == "cosine" and total_steps:
@@ -30,5 +34,7 @@ def build_optimizer(
     if name == "rmsprop":
         return keras.optimizers.RMSprop(rate)
     if name == "adamw":
-        return keras.optimizers.AdamW(rate)
+        if adamw_weight_decay is None:
+            raise ValueError("adamw needs adamw_weight_decay (0 for none)")
+        return keras.optimizers.AdamW(rate, weight_decay=float(adamw_weight_decay))
     raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")

@@ -48,7 +48,7 @@ FAMILY_HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
 }
 
 # Common values every builder receives next to its own.
-BUILDER_COMMON = ("dropout", "weight_decay")
+BUILDER_COMMON = ("dropout", "l2")
 
 Which = Literal["default", "min", "max"]
 
@@ -187,11 +187,21 @@ class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     def specs(self) -> dict[str, Hyperparameter]:
-        """The group's hyperparameters by YAML key."""
-        return {key: getattr(self, key) for key in type(self).model_fields}
+        """The group's hyperparameters by YAML key (an optional one left out is not listed)."""
+        specs = {key: getattr(self, key) for key in type(self).model_fields}
+        return {key: spec for key, spec in specs.items() if spec is not None}
 
     @model_validator(mode="after")
-    def _check_conditions(self) -> _Group:
+    def _validate(self) -> _Group:
+        # Each value's domain first: `name: [sgd, lion]` is about lion, not a condition on it.
+        self._domains()
+        self._check_conditions()
+        return self
+
+    def _domains(self) -> None:
+        """Check each hyperparameter's values against what its consumer accepts."""
+
+    def _check_conditions(self) -> None:
         specs = self.specs()
         for key, spec in specs.items():
             if spec.active_when is None:
@@ -209,7 +219,6 @@ class _Group(BaseModel):
             possible = parent_spec.candidates()
             if not allowed or any(v not in possible for v in allowed):
                 raise SpaceError(f"values {allowed} must be among {parent}'s {possible}", where)
-        return self
 
     def _check_domain(self, key: str, accepts: Callable[[Any], bool], expected: str) -> None:
         for value in getattr(self, key).candidates():
@@ -225,38 +234,56 @@ class CommonSpace(_Group):
     """Hyperparameters every family shares."""
 
     dropout: Hyperparameter
-    weight_decay: Hyperparameter
+    l2: Hyperparameter  # the L2 penalty on kernel weights (a loss term, not decoupled decay)
     augment: Hyperparameter
     label_smoothing: Hyperparameter
 
-    @model_validator(mode="after")
-    def _domains(self) -> CommonSpace:
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        # A file written before the rename must not lose its value to a generic unknown key.
+        if isinstance(data, dict) and "weight_decay" in data:
+            raise SpaceError(
+                "weight_decay was renamed to l2 (the L2 kernel penalty it always was; "
+                "AdamW's decoupled decay is optimizer.adamw_weight_decay)"
+            )
+        return data
+
+    def _domains(self) -> None:
         self._check_domain("dropout", _fraction, "range [0, 1)")
-        self._check_domain("weight_decay", lambda v: _is_number(v) and v >= 0, "range [0, inf)")
+        self._check_domain("l2", lambda v: _is_number(v) and v >= 0, "range [0, inf)")
         self._check_domain("augment", lambda v: isinstance(v, bool), "values true, false")
         self._check_domain("label_smoothing", _fraction, "range [0, 1)")
-        return self
 
 
 class OptimizerSpace(_Group):
-    """The optimizer, its learning rate and schedule, and SGD's own settings."""
+    """The optimizer, its learning rate and schedule, and SGD's and AdamW's own settings."""
 
     name: Hyperparameter
     learning_rate: Hyperparameter
     momentum: Hyperparameter
     nesterov: Hyperparameter
+    # Required only where name can be adamw: Keras would otherwise add its default (0.004).
+    adamw_weight_decay: Hyperparameter | None = None
     lr_schedule: Hyperparameter
 
-    @model_validator(mode="after")
-    def _domains(self) -> OptimizerSpace:
+    def _domains(self) -> None:
         self._check_domain("name", lambda v: v in OPTIMIZERS, f"values {', '.join(OPTIMIZERS)}")
         self._check_domain("learning_rate", lambda v: _is_number(v) and v > 0, "range (0, inf)")
         self._check_domain("momentum", _fraction, "range [0, 1)")
         self._check_domain("nesterov", lambda v: isinstance(v, bool), "values true, false")
+        if self.adamw_weight_decay is not None:
+            self._check_domain(
+                "adamw_weight_decay", lambda v: _is_number(v) and v >= 0, "range [0, inf)"
+            )
+        elif "adamw" in self.name.candidates():
+            raise SpaceError(
+                "required when name can be adamw (AdamW's decoupled weight decay; 0: none)",
+                "adamw_weight_decay",
+            )
         self._check_domain(
             "lr_schedule", lambda v: v in LR_SCHEDULES, f"values {', '.join(LR_SCHEDULES)}"
         )
-        return self
 
 
 def _family_model(name: str) -> type[_Group]:

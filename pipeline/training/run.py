@@ -16,6 +16,7 @@ from pipeline import atomic, paths, tracking
 from pipeline.config import Params
 from pipeline.console import log
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.redact import redact
 from pipeline.training import plan as plans
 from pipeline.training.backup import HISTORY_COLUMNS, Backup, best_epoch, history_text
 
@@ -123,7 +124,7 @@ def train(
             settings.update(plan.hyperparameters)
             settings["search_space_sha256"] = plan.space_sha256
         client.log_batch(run_id, params=tracking.params_list(settings))
-        log(f"train: MLflow run {run_id} in experiment {experiment!r} ({uri})")
+        log(f"train: MLflow run {run_id} in experiment {experiment!r} ({redact(uri)})")
         info = _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, export)
         info.update(mlflow_run_id=run_id, mlflow_experiment_id=exp_id)
         atomic.write_json(paths.MODEL_INFO, info)

@@ -4,14 +4,17 @@ The chief (``python -m pipeline tune --workers N``) holds the oracle and serves 
 gRPC; each worker is ``python -m pipeline tune --worker`` with Keras Tuner's variables
 (``KERASTUNER_TUNER_ID``, ``KERASTUNER_ORACLE_IP``, ``KERASTUNER_ORACLE_PORT``) and asks
 it for trials. Local workers are watched: one that dies has its trial put back in the
-queue, so the chief never waits for it forever. Every worker logs its trials under the
-chief's MLflow parent run (``PIPELINE_PARENT_RUN_ID``, else found by its tags).
+queue, so the chief never waits for it forever. A local worker also watches its chief
+(``PIPELINE_CHIEF_PID``) and stops once the chief is gone, even killed by SIGKILL. Every
+worker logs its trials under the chief's MLflow parent run (``PIPELINE_PARENT_RUN_ID``,
+else found by its tags).
 """
 
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent import futures
 from pathlib import Path
@@ -25,6 +28,7 @@ from pipeline.search import load_search_space
 from pipeline.tuning import session as sessions
 
 PARENT_ENV = "PIPELINE_PARENT_RUN_ID"
+CHIEF_PID_ENV = "PIPELINE_CHIEF_PID"
 
 
 def _gpu_ids() -> list[str]:
@@ -38,13 +42,28 @@ def _gpu_ids() -> list[str]:
     return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU")]
 
 
-def _die_with_parent() -> None:
-    """In a worker, before exec: get SIGTERM if the chief dies, even by SIGKILL (Linux)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def exit_with_chief(poll_s: float = 1.0) -> threading.Thread | None:
+    """In a local worker: SIGTERM itself once the chief that started it is gone.
 
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    The worker polls its parent pid: code run between fork and exec to ask the kernel
+    for a death signal can deadlock a parent that runs threads (gRPC's). A chief that
+    dies by SIGKILL leaves the worker reparented, and the next poll sees it. Workers
+    started by hand (other hosts) have no ``PIPELINE_CHIEF_PID`` and are not watched.
+    """
+    chief = os.environ.get(CHIEF_PID_ENV)
+    if not chief:
+        return None
+    chief_pid = int(chief)
+
+    def watch() -> None:
+        while os.getppid() == chief_pid:
+            time.sleep(poll_s)
+        # The CLI turns SIGTERM into KeyboardInterrupt: the running trial's run is closed.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="watch-chief", daemon=True)
+    thread.start()
+    return thread
 
 
 class Chief:
@@ -66,17 +85,16 @@ class Chief:
 
     def start(self) -> None:
         import grpc
-        from keras_tuner.src import protos
-        from keras_tuner.src.distribute.oracle_chief import OracleServicer
+
+        from pipeline.tuning import kt_compat
 
         self.oracle.verbose = 0  # our own one line per trial, not Keras Tuner's tables
         self.tuner.save()
-        self.servicer = OracleServicer(self.oracle)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max(4, self.workers)),
             options=[("grpc.so_reuseport", 0)],  # a second chief must not share the port
         )
-        protos.get_service_grpc().add_OracleServicer_to_server(self.servicer, self.server)
+        self.servicer = kt_compat.add_oracle_service(self.server, self.oracle)
         try:
             bound = self.server.add_insecure_port(f"{self.host}:{self.port}")
         except RuntimeError:
@@ -100,19 +118,20 @@ class Chief:
             "KERASTUNER_ORACLE_IP": "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host,
             "KERASTUNER_ORACLE_PORT": str(self.port),
             PARENT_ENV: self.session.parent_run_id,
+            CHIEF_PID_ENV: str(os.getpid()),
             "MLFLOW_TRACKING_URI": self.session.uri,
             "PIPELINE_LOG_PREFIX": f"[{tuner_id}] ",
         }
         if self.gpus:  # one GPU per worker, round robin when there are more workers
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[i % len(self.gpus)]
         cmd = [sys.executable, "-m", "pipeline", "tune", "--worker", "--params", self.params]
-        self.procs[tuner_id] = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
+        self.procs[tuner_id] = subprocess.Popen(cmd, env=env)
         return tuner_id
 
     def _search_over(self) -> bool:
-        from keras_tuner.src.distribute.oracle_chief import exit_chief
+        from pipeline.tuning import kt_compat
 
-        if not (self.servicer.stop_triggered and exit_chief(self.oracle)):
+        if not kt_compat.chief_may_exit(self.servicer, self.oracle):
             return False
         # A trial put back by a dead worker still needs running, unless nothing may start.
         stopping = self.oracle.failure or self.oracle.budget_spent()
@@ -220,6 +239,7 @@ def run_worker(params: Params) -> int:
     """Take trials from the chief until it says stop."""
     from pipeline.data.splits import fit_inputs, load_splits
 
+    exit_with_chief()
     session = worker_session(params)
     tune = params.tune
     splits = load_splits(max_train_samples=tune.max_train_samples, seed=tune.seed)

@@ -4,7 +4,7 @@ import csv
 import io
 from pathlib import Path
 
-from keras_tuner.src.engine import trial as trial_module
+from keras_tuner.engine.trial import TrialStatus
 
 from pipeline import atomic, paths
 from pipeline.tuning.tuner import trial_params
@@ -35,7 +35,7 @@ def leaderboard(oracle, run_ids: dict[str, str]) -> list[dict]:
     for trial in oracle.trials.values():
         values = trial.hyperparameters.values
         params, epochs, seconds = (_metric(trial, k) for k in ("params", "epochs", "seconds"))
-        completed = trial.status == trial_module.TrialStatus.COMPLETED
+        completed = trial.status == TrialStatus.COMPLETED
         rows.append(
             {
                 "trial_id": trial.trial_id,

@@ -12,6 +12,7 @@ from pipeline import atomic, paths, tracking
 from pipeline.config import Params
 from pipeline.console import log
 from pipeline.errors import ConfigError, SearchFailedError
+from pipeline.redact import redact
 from pipeline.search import SearchSpace, load_search_space
 from pipeline.tuning import state as saved_state
 
@@ -88,7 +89,7 @@ class Session:
                 "fingerprint": self.fingerprint,
                 "parent_run_id": self.parent_run_id,
                 "experiment_id": self.experiment_id,
-                "tracking_uri": self.uri,
+                "tracking_uri_sha256": saved_state.store_digest(self.uri),
                 "spent_s": round(self.spent_before + time.monotonic() - self.started, 1),
             }
         )
@@ -129,6 +130,11 @@ def open_session(params: Params) -> Session:
         saved_state.check_whole()
 
     uri = tracking.tracking_uri(params.mlflow.tracking_uri)
+    if saved is not None and saved_state.store_changed(saved, uri):
+        log(
+            "tune: the saved search was recorded in another MLflow store (the tracking URI "
+            f"changed); its parent run is looked up in {redact(uri)}"
+        )
     client, exp_id = tracking.open_experiment(uri, experiment_name(params))
     tracking.mark_orphans_killed(client, exp_id)
 
@@ -150,7 +156,10 @@ def open_session(params: Params) -> Session:
         settings = {f"tune.{k}": v for k, v in tune.model_dump(mode="json").items()}
         settings["search_space_sha256"] = fingerprint["search_space_sha256"]
         client.log_batch(parent, params=tracking.params_list(settings))
-        log(f"tune: MLflow parent run {parent} in experiment {experiment_name(params)!r} ({uri})")
+        log(
+            f"tune: MLflow parent run {parent} in experiment {experiment_name(params)!r} "
+            f"({redact(uri)})"
+        )
     else:
         for key, value in tracking.process_tags(PARENT_ROLE).items():
             client.set_tag(parent, key, value)
@@ -197,16 +206,16 @@ def _reattach(client, saved: dict, exp_id: str) -> str | None:
 def build_tuner(session: Session, splits, worker: bool = False):
     """The hypermodel, oracle and tuner for this session (reloading a saved search)."""
     import keras
-    from keras_tuner.src import config as kt_config
 
     from pipeline.data.splits import steps_per_epoch
     from pipeline.search.hypermodel import CNNHyperModel
+    from pipeline.tuning import kt_compat
     from pipeline.tuning.oracles import make_oracle
     from pipeline.tuning.tuner import TUNER_CLASSES
 
     # Keras Tuner prints every failed trial's traceback; ours go to the trial's MLflow run
     # (traceback.txt) and the console gets one line.
-    kt_config.DEBUG = False
+    kt_compat.quiet_failed_trials()
     tune = session.tune
     gpus = gpu_count()
     mixed = resolve_switch(tune.mixed_precision, auto=gpus > 0)

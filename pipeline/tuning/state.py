@@ -1,11 +1,13 @@
 """The saved search in ``models/tuner/``: what it was started with, and whether it is whole.
 
 ``pipeline_state.json`` holds the search's fingerprint (search-space hash, data digest,
-tuner settings), the MLflow parent run to re-attach, and the budget already spent. A
-resumed run must match the fingerprint; a torn state file is an error, never a reason
-to wipe the directory.
+tuner settings), the MLflow parent run to re-attach, a digest of the tracking URI (never
+the URI: it may carry a password, and the file is pushed to the DVC remote) and the budget
+already spent. A resumed run must match the fingerprint; a torn state file is an error,
+never a reason to wipe the directory.
 """
 
+import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from pipeline import atomic, paths
 from pipeline.config import TuneParams
 from pipeline.errors import TuneStateError
 from pipeline.fileio import read_json, sha256_of
+from pipeline.redact import redact
 
 # Settings that may change between runs of one search: they extend or limit it without
 # changing what any trial means.
@@ -92,6 +95,28 @@ def check_same_search(saved: dict, current: dict) -> None:
             f"{paths.TUNER_DIR}/ holds a different search ({'; '.join(what)}); "
             f"resuming would mix two searches; {FRESH_HINT}"
         )
+
+
+def store_digest(uri: str) -> str:
+    """SHA-256 of the tracking URI with its password masked.
+
+    Masked first: a new password is still the same store, and the file gives nothing to
+    test password guesses against.
+    """
+    return hashlib.sha256(redact(uri).encode()).hexdigest()
+
+
+def store_changed(saved: dict, uri: str) -> bool:
+    """Whether the saved search was recorded in another MLflow store than ``uri``.
+
+    State files written before the digest hold the plain ``tracking_uri``; it is compared
+    the same way, and the next save drops it.
+    """
+    if "tracking_uri_sha256" in saved:
+        return saved["tracking_uri_sha256"] != store_digest(uri)
+    if "tracking_uri" in saved:
+        return store_digest(str(saved["tracking_uri"])) != store_digest(uri)
+    return False
 
 
 def wipe(tuner_dir: Path = paths.TUNER_DIR) -> None:

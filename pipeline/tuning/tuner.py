@@ -6,20 +6,19 @@ hyperparameters as params, per-epoch metrics, parameter count, wall time and sta
 stopping, a NaN guard and the time-budget stop to the trial's callbacks.
 """
 
-import json
 import math
 import re
 import time
-from pathlib import Path
 
 import keras
 import keras_tuner
 import numpy as np
-from keras_tuner.src.engine import trial as trial_module
+from keras_tuner.engine.trial import TrialStatus
 
-from pipeline import atomic, tracking
+from pipeline import tracking
 from pipeline.console import log
 from pipeline.search.hypermodel import active_values
+from pipeline.tuning.kt_compat import TunerCompat, runs_before
 
 TRIAL_ROLE = "tune-trial"
 STATUS_TAG = "trial_status"
@@ -64,8 +63,11 @@ class NanLossError(ValueError):
     """The loss became NaN or infinite; Keras Tuner marks the trial INVALID (retried)."""
 
 
-class PipelineTunerMixin:
+class PipelineTunerMixin(TunerCompat):
     """Mixed in before one of Keras Tuner's tuner classes (Hyperband, RandomSearch, ...).
+
+    ``TunerCompat`` underneath turns Keras Tuner's private build and fit steps into the
+    hooks overridden here, and writes the state files atomically.
 
     Args:
         hypermodel, oracle: As for ``keras_tuner.Tuner``.
@@ -121,7 +123,7 @@ class PipelineTunerMixin:
         self._result = None
         number = _trial_number(trial.trial_id)
         # A retry gets a new seed: rerunning a NaN-diverged trial identically is wasted.
-        attempt = getattr(self.oracle, "_run_times", {}).get(trial.trial_id, 0)
+        attempt = runs_before(self.oracle, trial.trial_id)
         keras.utils.set_random_seed(self.seed + number + 100_003 * attempt)
         values = trial.hyperparameters.values
         tags = {
@@ -139,24 +141,20 @@ class PipelineTunerMixin:
         params = trial_params(active_values(trial.hyperparameters))
         self.mlflow.log_batch(self.current_run_id, params=tracking.params_list(params))
 
-    def _build_hypermodel(self, hp):
+    def before_model_build(self, hp):
         # Keras Tuner clears the session before every build, and with it the global dtype
         # policy: set it again for each trial's model.
         keras.mixed_precision.set_global_policy(self.dtype_policy)
-        return super()._build_hypermodel(hp)
 
-    def _try_build(self, hp):
-        model = super()._try_build(hp)
+    def on_model_built(self, model):
         self._params_count = int(model.count_params())
         if self.current_run_id is not None:
             self.mlflow.set_tag(self.current_run_id, "dtype_policy", model.dtype_policy.name)
-        return model
 
-    def _build_and_fit_model(self, trial, *args, **kwargs):
+    def trial_callbacks(self, trial) -> list:
         stop = DeadlineStop(self.deadline)
         self._deadline_stops.append(stop)
-        callbacks = list(kwargs.pop("callbacks", []))
-        callbacks += [keras.callbacks.TerminateOnNaN(), stop]
+        callbacks = [keras.callbacks.TerminateOnNaN(), stop]
         if self.current_run_id is not None:
             callbacks.append(EpochLogger(self.mlflow, self.current_run_id))
         if self.patience:
@@ -166,7 +164,7 @@ class PipelineTunerMixin:
                     monitor="val_accuracy", mode="max", patience=self.patience
                 )
             )
-        return super()._build_and_fit_model(trial, *args, callbacks=callbacks, **kwargs)
+        return callbacks
 
     def run_trial(self, trial, *args, **kwargs):
         histories = super().run_trial(trial, *args, **kwargs)
@@ -217,7 +215,7 @@ class PipelineTunerMixin:
             tags["stopped_by_time_budget"] = "true"
         for key, value in tags.items():
             self.mlflow.set_tag(run_id, key, value)
-        if status == trial_module.TrialStatus.COMPLETED:
+        if status == TrialStatus.COMPLETED:
             self.mlflow.set_terminated(run_id, status="FINISHED")
         else:
             self.mlflow.log_text(run_id, trial.message or "(no message)", "traceback.txt")
@@ -237,10 +235,10 @@ class PipelineTunerMixin:
             f"trial {_trial_number(trial.trial_id) + 1}/{self.max_trials} "
             f"{values.get('family', '?'):<10} {values.get('optimizer', '?'):<7}"
         )
-        if status == trial_module.TrialStatus.COMPLETED and self._result is not None:
+        if status == TrialStatus.COMPLETED and self._result is not None:
             outcome = f"val_accuracy={self._result['val_accuracy']:.4f}"
         else:
-            retry = " (will be retried)" if status == trial_module.TrialStatus.INVALID else ""
+            retry = " (will be retried)" if status == TrialStatus.INVALID else ""
             outcome = f"{status}{retry}: {last_line(trial.message)}"
         best = self.oracle.get_best_trials(1)
         best_score = best[0].score if best and best[0].score is not None else None
@@ -248,12 +246,6 @@ class PipelineTunerMixin:
         if self.deadline is not None:
             line += f"  budget left {_duration(max(0.0, self.deadline - time.time()))}"
         log(line)
-
-    # -- state files: temp file + rename ----------------------------------------------------
-    def save(self):
-        if not self._is_worker():
-            self.oracle.save()
-        atomic.write_text(Path(self._get_tuner_fname()), json.dumps(self.get_state()))
 
 
 def _trial_number(trial_id) -> int:
@@ -277,7 +269,7 @@ def last_line(message: str | None) -> str:
     lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
     if not lines:
         return "unknown error"
-    # "keras_tuner.src.errors.FailedTrialError: ..." -> "FailedTrialError: ..."
+    # "package.module.FailedTrialError: ..." -> "FailedTrialError: ..."
     return re.sub(r"^(?:\w+\.)+(\w+:)", r"\1", lines[-1])
 
 
