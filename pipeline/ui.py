@@ -81,7 +81,8 @@ def main(argv=None) -> int:
 
     url = browser_url(args.host, args.port)
     print(f"MLflow UI for {redact(uri)}: starting on {url} (Ctrl-C stops it)", flush=True)
-    return serve(server_command(uri, args.host, args.port), url, tracking.experiment_name(params))
+    command = server_command(uri, args.host, args.port)
+    return serve(command, url, tracking.experiment_name(params), store_env(uri))
 
 
 def store_kind(uri: str) -> str:
@@ -183,11 +184,9 @@ def print_links(url: str, project_experiment: str) -> None:
 
 
 def server_command(uri: str, host: str, port: int) -> list[str]:
-    """``mlflow server`` of this environment on ``uri``."""
+    """``mlflow server`` of this environment for ``uri`` (the store itself: ``store_env``)."""
     command = [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", uri,
-        "--registry-store-uri", uri,  # as the stages have it; mlflow says so otherwise
         "--host", host,
         "--port", str(port),
         "--workers", "1",  # a UI for one person; each worker is a whole copy of MLflow
@@ -200,9 +199,18 @@ def server_command(uri: str, host: str, port: int) -> list[str]:
     return command
 
 
-def serve(command: list[str], url: str, project_experiment: str) -> int:
+def store_env(uri: str) -> dict[str, str]:
+    """The server's store, passed in its environment: a command line is visible to ``ps``
+    and a database URI may carry a password."""
+    # The registry on the same store, as the stages have it; mlflow warns otherwise.
+    return {"MLFLOW_BACKEND_STORE_URI": uri, "MLFLOW_REGISTRY_STORE_URI": uri}
+
+
+def serve(
+    command: list[str], url: str, project_experiment: str, store: dict[str, str] | None = None
+) -> int:
     """Run the server until it exits or Ctrl-C / SIGTERM / SIGHUP stops it (then exit 0)."""
-    env = dict(os.environ)
+    env = {**os.environ, **(store or {})}
     # Job execution runs MLflow's GenAI jobs (judges, prompt optimisation) in a separate
     # consumer with 10 workers; this project has none.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")

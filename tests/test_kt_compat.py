@@ -95,3 +95,17 @@ def test_only_kt_compat_touches_keras_tuners_private_members():
         for m in pattern.finditer(p.read_text())
     ]
     assert found == []
+
+
+def test_conditions_go_to_the_oracle_protocol_without_printing(capsys):
+    from pipeline.tuning import kt_compat  # its patches apply on import
+
+    conditions = kt_compat.kt_conditions
+
+    for values in (["sgd"], [True], [3, 4], [0.5]):
+        proto = conditions.Parent("parent", values).to_proto()
+        assert proto.parent.name == "parent"
+        assert len(proto.parent.values) == len(values)
+        restored = conditions.Condition.from_proto(proto)
+        assert restored.values == values
+    assert capsys.readouterr().out == ""

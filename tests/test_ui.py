@@ -414,3 +414,13 @@ def test_trials_of_a_real_search_in_the_mlflow_ui_in_chromium(browser, searched,
 
     assert ui_process.interrupt() == 0
     assert "Traceback" not in ui_process.err.read_text()
+
+
+def test_the_store_uri_goes_to_the_server_in_its_environment_not_its_command_line():
+    uri = "postgresql://alice:s3cret@db.example/mlflow"
+    command = ui.server_command(uri, "127.0.0.1", 5000)
+    assert not any("s3cret" in part for part in command)  # `ps` shows a command line
+    assert ui.store_env(uri) == {
+        "MLFLOW_BACKEND_STORE_URI": uri,
+        "MLFLOW_REGISTRY_STORE_URI": uri,
+    }

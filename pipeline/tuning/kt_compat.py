@@ -49,6 +49,7 @@ from keras_tuner.engine.trial import TrialStatus
 from keras_tuner.src import config as kt_config
 from keras_tuner.src import protos
 from keras_tuner.src.distribute.oracle_chief import OracleServicer, exit_chief
+from keras_tuner.src.engine import conditions as kt_conditions
 from keras_tuner.src.engine import oracle as kt_oracle
 
 from pipeline import atomic
@@ -248,3 +249,25 @@ def add_oracle_service(server, oracle):
 def chief_may_exit(servicer, oracle) -> bool:
     """Whether the oracle has answered 'stop' and no tuner is still running a trial."""
     return bool(servicer.stop_triggered and exit_chief(oracle))
+
+
+# keras-tuner 1.4.8's conditions.Parent.to_proto starts with a stray debug
+# `print(self.values[0])`, so in chief/worker mode every conditional hyperparameter's
+# value lands on stdout (no upstream issue found). The same method without the print:
+def _parent_to_proto(self):
+    """``Parent.to_proto`` of keras-tuner 1.4.8, without its debug print."""
+    first = self.values[0]
+    if isinstance(first, str):
+        kind = "string_value"
+    elif isinstance(first, bool):  # before int: bool is an int
+        kind = "boolean_value"
+    elif isinstance(first, int):
+        kind = "int_value"
+    else:
+        kind = "float_value"
+    proto = protos.get_proto()
+    values = [proto.Value(**{kind: v}) for v in self.values]
+    return proto.Condition(parent=proto.Condition.Parent(name=self.name, values=values))
+
+
+kt_conditions.Parent.to_proto = _parent_to_proto
