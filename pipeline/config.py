@@ -34,8 +34,11 @@ class DataParams(_Section):
         None,
         description="base URL of an HTTP mirror with the dataset's files; before the canonical URL",
     )
-    image_folder: str | None = Field(
-        None, description="for dataset image_folder: directory with one sub-folder per class"
+    image_folder: str = Field(
+        "data/images",
+        min_length=1,
+        description="for dataset image_folder: directory with one sub-folder per class; a "
+        "download dependency in dvc.yaml, so changed images rerun the pipeline",
     )
     timeout_s: float = Field(60.0, gt=0, description="network timeout per request, seconds")
     retries: int = Field(3, ge=0, le=10, description="retries of a failed download")
@@ -47,8 +50,6 @@ class DataParams(_Section):
                 f"mirror_url: got {self.mirror_url!r}, expected a URL starting with "
                 "http://, https:// or file://"
             )
-        if self.dataset == "image_folder" and not self.image_folder:
-            raise ValueError("image_folder: required when dataset is image_folder")
         return self
 
 

@@ -159,7 +159,7 @@ def dvc_project(root: Path, extra_files=(), **params_changes) -> Path:
     root.mkdir(parents=True)
     for name in ("pipeline", "search_spaces"):
         shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml", ".gitignore", *extra_files):
+    for name in ("dvc.yaml", "params.yaml", ".gitignore", "data/images/README.md", *extra_files):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, root / name)
     params = yaml.safe_load((root / "params.yaml").read_text())

@@ -61,9 +61,10 @@ def test_unknown_dataset_lists_the_known_ones(tmp_path):
     assert "data.dataset: got 'imagenet'" in msg and "'cifar10'" in msg
 
 
-def test_image_folder_dataset_needs_a_folder(tmp_path):
-    msg = _error_for(tmp_path, "data:\n  dataset: image_folder\n")
-    assert "data.image_folder: required when dataset is image_folder" in msg
+def test_image_folder_is_never_null_because_dvc_yaml_depends_on_it(tmp_path):
+    # dvc.yaml lists ${data.image_folder} as a dependency of download.
+    msg = _error_for(tmp_path, "data:\n  dataset: image_folder\n  image_folder: null\n")
+    assert "data.image_folder: got None, expected a valid string" in msg
 
 
 def test_bad_image_size(tmp_path):

@@ -273,14 +273,19 @@ def test_mixed_precision_and_jit_switches_reach_every_trial(tuned):
     assert all(r.info.status == "FINISHED" for r in trials)
 
 
-def test_changed_data_refuses_to_resume(tuned):
-    assert tuned.run(max_trials=1) == 0
+def test_changed_data_starts_a_fresh_search(tuned, capsys):
+    # New images (a retrain): the saved trials were scored on other data.
+    assert tuned.run(max_trials=2) == 0
     meta = tuned.root / "data" / "processed" / "meta.json"
     data = json.loads(meta.read_text())
     data["preprocess"]["seed"] = 7
     meta.write_text(json.dumps(data))
-    with pytest.raises(TuneStateError, match=r"the data changed.*tune.resume: false"):
-        tuned.run(max_trials=1)
+    capsys.readouterr()
+    assert tuned.run(max_trials=1) == 0
+    assert "the data changed since the search saved in models/tuner/" in capsys.readouterr().err
+    assert len(read_leaderboard(tuned.root)) == 1  # only the new search's trial
+    parents, _ = parent_and_trials(mlflow_client(tuned.root))
+    assert len(parents) == 2  # a new parent run, not the old one re-attached
 
 
 def test_a_budget_ends_a_search_midway_and_the_stage_succeeds(tuned):

@@ -125,6 +125,15 @@ def open_session(params: Params) -> Session:
     if not tune.resume:
         saved_state.wipe()
     saved = saved_state.load()
+    if saved is not None and saved_state.data_changed(saved, fingerprint):
+        # New, removed or changed images (a retrain): the saved trials were scored on other
+        # data, so there is nothing to resume; other changes stay an error (extend or not?).
+        log(
+            f"tune: the data changed since the search saved in {paths.TUNER_DIR}/; "
+            "its trials were scored on other data, so a fresh search starts"
+        )
+        saved_state.wipe()
+        saved = None
     if saved is not None:
         saved_state.check_same_search(saved, fingerprint)
         saved_state.check_whole()

@@ -78,14 +78,18 @@ def save(state: dict, tuner_dir: Path = paths.TUNER_DIR) -> None:
     atomic.write_json(Path(tuner_dir) / paths.TUNE_STATE.name, state)
 
 
+def data_changed(saved: dict, current: dict) -> bool:
+    """Whether the saved search ran on other processed data than ``current``'s."""
+    return saved["fingerprint"].get("data_sha256") != current["data_sha256"]
+
+
 def check_same_search(saved: dict, current: dict) -> None:
-    """Raise TuneStateError naming what differs between the saved and the current search."""
+    """Raise TuneStateError naming what differs between the saved and the current search
+    (the data aside: a search on changed data starts fresh, see ``data_changed``)."""
     old = saved["fingerprint"]
     what = []
     if old.get("search_space_sha256") != current["search_space_sha256"]:
         what.append("the search-space file changed")
-    if old.get("data_sha256") != current["data_sha256"]:
-        what.append("the data changed (data/processed/meta.json)")
     old_settings, new_settings = old.get("settings", {}), current["settings"]
     for key in sorted(set(old_settings) | set(new_settings)):
         if old_settings.get(key) != new_settings.get(key):
