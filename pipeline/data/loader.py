@@ -1,0 +1,74 @@
+"""The one loader: batches of uint8 images streamed from a split, for ``fit`` and ``predict``.
+
+A ``keras.utils.PyDataset``, so the same code serves the TensorFlow and JAX backends. Each
+epoch visits every image once in an order drawn from ``(seed, epoch)``; images stay uint8
+(0-255) because the model's first layer rescales them.
+"""
+
+import keras
+import numpy as np
+
+from pipeline.data.splits import Split, Splits
+
+WORKERS = 2  # threads reading ahead; the reads (os.pread) release the GIL
+QUEUE = 4  # batches read ahead per worker
+
+
+class Batches(keras.utils.PyDataset):
+    """``(images uint8 (b, H, W, C), labels int64 (b,))`` batches of one split."""
+
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        labels: bool = True,
+        workers: int = WORKERS,
+    ):
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=QUEUE)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.split, self.batch_size = split, int(batch_size)
+        self.shuffle, self.seed, self.labels = shuffle, seed, labels
+        self.epoch = epoch
+        self.order = self._order()
+
+    def _order(self) -> np.ndarray:
+        n = len(self.split)
+        if not self.shuffle:
+            return np.arange(n)
+        # Seeded by epoch too: a training resumed at epoch k sees the same orders as one
+        # that was never interrupted.
+        return np.random.default_rng([self.seed, self.epoch]).permutation(n)
+
+    def __len__(self) -> int:
+        return -(-len(self.split) // self.batch_size)
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < len(self):
+            raise IndexError(f"batch {i} of {len(self)}")
+        positions = self.order[i * self.batch_size : (i + 1) * self.batch_size]
+        x = self.split.images(positions)
+        return (x, self.split.y[positions]) if self.labels else (x,)
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self.order = self._order()
+
+
+def fit_inputs(splits: Splits, batch_size: int, seed: int, initial_epoch: int = 0) -> dict:
+    """Keyword arguments for ``model.fit``: training and validation batches."""
+    train = Batches(splits.train, batch_size, shuffle=True, seed=seed, epoch=initial_epoch)
+    val = Batches(splits.val, batch_size)
+    # The batches shuffle themselves; Keras' own flag would reorder them unseeded.
+    return {"x": train, "validation_data": val, "shuffle": False}
+
+
+def predict(model, x, batch_size: int = 256) -> np.ndarray:
+    """``model.predict`` over a Split (streamed in batches) or an in-memory array."""
+    if isinstance(x, Split):
+        x = Batches(x, batch_size, labels=False)
+        return np.asarray(model.predict(x, verbose=0))
+    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
