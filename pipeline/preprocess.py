@@ -63,6 +63,11 @@ def main(argv=None) -> int:
             "source_checksums": checksums["files"],
             "preprocess": pp.model_dump(mode="json"),
         }
+        if "size_reason" in conversions:  # an image folder: the size used, and why that one
+            meta["image_size"] = {
+                "size": conversions["target_size"],
+                "reason": conversions["size_reason"],
+            }
         atomic.write_json(out / paths.META_FILE, meta)
         atomic.replace_dir(out, paths.PROCESSED)
         atomic.write_json(paths.DATA_VALIDATION, report)

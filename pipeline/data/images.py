@@ -1,7 +1,8 @@
 """Decoding a folder of class sub-folders of images, whatever their sizes and modes.
 
 Undecodable files are skipped and listed with their reason, never a crash. Images are
-converted to one mode and one size (the ``preprocess`` params, or the most common size).
+turned upright (EXIF) and converted to one mode and one size (``preprocess.image_size``, or
+one chosen from the data and the machine: ``pipeline.data.sizing``).
 Two passes: ``scan_folder`` lists the files and reads only their headers; ``decode_files``
 then decodes them one at a time, so a folder of any size is never held in memory.
 """
@@ -17,6 +18,7 @@ from PIL import Image
 
 from pipeline.console import log
 from pipeline.data.decode import Decoded
+from pipeline.data.sizing import choose_image_size, upright, upright_size
 from pipeline.errors import DataError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
@@ -46,7 +48,9 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def convert_image(img: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:
-    """One PIL image to uint8 (H, W, C): mode to L or RGB (alpha flattened), resized if needed."""
+    """One PIL image to uint8 (H, W, C): turned upright (EXIF), mode to L or RGB (alpha
+    flattened), resized if needed."""
+    img = upright(img)  # before anything else: the size and crop of a sideways photo differ
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -98,20 +102,22 @@ def scan_folder(
     for path, label in files:
         try:
             with Image.open(path) as img:
-                headers.append((path, label, img.size, img.mode))
+                headers.append((path, label, upright_size(img), img.mode))
         except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise many types on bad files
             skipped.append({"path": str(path.relative_to(root)), "reason": _reason(exc)})
     if not headers:
         raise DataError(f"{root}: none of the {len(files)} image files could be decoded")
     sizes = Counter((h, w) for _, _, (w, h), _ in headers)
-    size = tuple(image_size) if image_size else sizes.most_common(1)[0][0]
+    size, size_reason = choose_image_size([wh for _, _, wh, _ in headers], image_size)
     if color_mode == "auto":
         channels = 1 if all(_is_gray(m) for *_, m in headers) else 3
     else:
         channels = 1 if color_mode == "grayscale" else 3
-    log(f"preprocess: {len(headers)} images in {len(classes)} classes, to {size[0]}x{size[1]}")
+    log(f"preprocess: {len(headers)} images in {len(classes)} classes")
+    log(f"preprocess: image size {size[0]}x{size[1]} ({size_reason})")
     conversions = {
         "target_size": list(size),
+        "size_reason": size_reason,
         "channels": channels,
         "resized": 0,
         "mode_converted": 0,
