@@ -3,15 +3,16 @@
 The model is the registry's ``models:/<name>@champion`` (name: ``register.model_name``,
 else ``<dataset>-classifier``) or ``--model file.keras``; it is loaded in Keras safe mode.
 Images of any size and mode are converted exactly as the preprocess stage converts them
-(``pipeline.data.images.convert_image`` to the model's input height, width and channels,
-then scaled to [0, 1]). A ``.npy`` holds ``(N, H, W, C)`` or ``(H, W, C)``: floats in
-[0, 1] or 0-255 pixels (uint8). A file that cannot be read is reported on stderr and the
-others are still predicted; the exit code is then 1.
+(``pipeline.data.images.decode_image``: EXIF orientation, mode, then the model's input
+height and width). A ``.npy`` holds ``(N, H, W, C)`` or ``(H, W, C)`` 0-255 pixels (uint8,
+or numbers in [0, 255]), as the processed splits store them. The model gets the pixels as
+they are: its own first layer rescales them, and a model saved before that convention is
+refused. A file that cannot be read is reported on stderr and the others are still
+predicted; the exit code is then 1.
 """
 
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -136,11 +137,11 @@ def load_champion(params):
 
 
 def read_input(path: Path, shape) -> tuple[np.ndarray, bool]:
-    """``(float32 (N, H, W, C) in [0, 1], whether the file is a batch)``; DataError naming it."""
+    """``(float32 (N, H, W, C) 0-255 pixels, whether the file is a batch)``; DataError naming it."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if path.suffix.lower() == ".npy":
-        from pipeline.registry.pyfunc_model import scale_images
+        from pipeline.registry.pyfunc_model import as_pixels
 
         try:
             x = np.load(path, allow_pickle=False)
@@ -155,32 +156,29 @@ def read_input(path: Path, shape) -> tuple[np.ndarray, bool]:
         if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
             raise DataError(f"{path}: array of {x.dtype}; expected floats or uint8 pixels")
         try:
-            return scale_images(x, shape), x.ndim == len(shape) + 1 or (
-                shape[-1] == 1 and x.ndim == len(shape) and x.shape[-1] != 1
-            )
+            pixels = as_pixels(x, shape)
         except ValueError as exc:
             raise DataError(f"{path}: {exc}") from None
-    return read_image(path, shape)[None], False
+        if np.issubdtype(x.dtype, np.floating) and pixels.size and 0 < pixels.max() <= 1.0:
+            # A hint only: the values are used as they are (a dark image is not rescaled).
+            log(f"predict: note: {path} is all within [0, 1]; the model takes 0-255 pixels")
+        batch = x.ndim == len(shape) + 1 or (
+            shape[-1] == 1 and x.ndim == len(shape) and x.shape[-1] != 1
+        )
+        return pixels, batch
+    return read_image(path, shape)[None].astype(np.float32), False
 
 
 def read_image(path: Path, shape) -> np.ndarray:
-    """Decode and convert one image exactly as the preprocess stage does."""
-    from PIL import Image
-
-    from pipeline.data.images import convert_image
-    from pipeline.data.prepare import to_float
+    """Decode and convert one image exactly as the preprocess stage does: uint8 (H, W, C)."""
+    from pipeline.data.images import decode_image
 
     height, width, channels = shape
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                arr = convert_image(img, (height, width), channels)
+        return decode_image(path, (height, width), channels)
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types on bad files
         reason = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
         raise DataError(f"{path}: cannot decode the image ({reason})") from None
-    return to_float(arr)
 
 
 if __name__ == "__main__":
