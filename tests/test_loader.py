@@ -87,6 +87,14 @@ def test_keras_fits_and_predicts_from_the_batches_under_tensorflow(processed):
     np.testing.assert_allclose(probs, model.predict(_images(20, 1), verbose=0), rtol=1e-5)
 
 
+def test_predict_batches_shrink_with_the_image_so_memory_does_not_grow_with_it():
+    from pipeline.data.loader import predict_batch
+
+    assert predict_batch((28, 28, 1)) == 256  # Fashion-MNIST: as before
+    assert predict_batch((128, 128, 3)) == 16 and predict_batch((224, 224, 3)) == 8
+    assert predict_batch((128, 128, 3), most=4) == 4
+
+
 def test_tune_subset_is_rows_of_the_file_not_a_copy(processed):
     whole = load_splits(processed, cache_bytes=0)
     subset = load_splits(processed, max_train_samples=40, seed=2, cache_bytes=0)

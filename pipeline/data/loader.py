@@ -12,6 +12,8 @@ from pipeline.data.splits import Split, Splits
 
 WORKERS = 2  # threads reading ahead; the reads (os.pread) release the GIL
 QUEUE = 4  # batches read ahead per worker
+PREDICT_PIXELS = 256 * 32 * 32  # pixels per predict batch: 256 images of 32x32, 16 of 128x128
+MIN_PREDICT_BATCH = 8
 
 
 class Batches(keras.utils.PyDataset):
@@ -66,8 +68,19 @@ def fit_inputs(splits: Splits, batch_size: int, seed: int, initial_epoch: int = 
     return {"x": train, "validation_data": val, "shuffle": False}
 
 
+def predict_batch(image_shape, most: int = 256) -> int:
+    """Images per predict batch: at most ``most``, fewer for large images.
+
+    A batch's activations grow with its pixels (seed_cnn's first layer holds 1 MB per
+    128x128 image), so the batch holds about as many pixels as 256 images of 32x32.
+    """
+    height, width = int(image_shape[0]), int(image_shape[1])
+    return max(1, min(most, max(MIN_PREDICT_BATCH, PREDICT_PIXELS // (height * width))))
+
+
 def predict(model, x, batch_size: int = 256) -> np.ndarray:
     """``model.predict`` over a Split (streamed in batches) or an in-memory array."""
+    batch_size = predict_batch(x.shape[1:], batch_size)
     if isinstance(x, Split):
         x = Batches(x, batch_size, labels=False)
         return np.asarray(model.predict(x, verbose=0))
