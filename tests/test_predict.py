@@ -98,6 +98,27 @@ def test_npy_batches(model_file, project, capsys):
     assert "range.npy: input values outside 0-255" in capsys.readouterr().err
 
 
+def test_large_npy_batch_is_predicted_in_chunks_and_refused_whole_if_one_is_bad(
+    model_file, project, capsys, monkeypatch
+):
+    monkeypatch.setattr(predict, "NPY_CHUNK", 4)  # 11 images: chunks of 4, 4 and 3
+    labels = np.arange(11) % 3
+    x = np.stack([templates()[:, k].reshape(8, 8, 1) for k in labels]) * 255
+    np.save(project.path / "big.npy", x.astype(np.uint8))
+    args = ["--model", str(model_file), "--json", "--top-k", "1", str(project.path / "big.npy")]
+    assert predict.main(args) == 0
+    preds = json.loads(capsys.readouterr().out)["predictions"]
+    assert [p["input"].rsplit("/", 1)[-1] for p in preds] == [f"big.npy[{i}]" for i in range(11)]
+    assert [p["top"][0]["label"] for p in preds] == [CLASSES[k] for k in labels]
+    bad = x.astype(np.float32)
+    bad[9] = -1.0  # in the last chunk: the file's earlier chunks must not be reported alone
+    np.save(project.path / "big.npy", bad)
+    assert predict.main(args) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["predictions"] == []
+    assert "big.npy: input values outside 0-255" in captured.err
+
+
 def test_npy_scaled_to_0_1_is_used_as_is_with_a_note(model_file, project, capsys):
     """Nothing is guessed from the values: [0, 1] floats are very dark pixels, and said so."""
     x = np.stack([templates()[:, k].reshape(8, 8, 1) for k in (0, 1, 2)]).astype(np.float32)
