@@ -87,6 +87,24 @@ def test_keras_fits_and_predicts_from_the_batches_under_tensorflow(processed):
     np.testing.assert_allclose(probs, model.predict(_images(20, 1), verbose=0), rtol=1e-5)
 
 
+def test_a_small_split_in_ram_is_a_tf_data_pipeline_with_every_image_once(processed):
+    import tensorflow as tf
+
+    from pipeline.data import loader
+
+    train = load_splits(processed).train  # 103 small images: cached
+    assert isinstance(train.x, np.ndarray)
+    ds = loader.batches(train, 16, shuffle=True, seed=5)
+    assert isinstance(ds, tf.data.Dataset)
+    orders = []
+    for _ in range(2):
+        x = np.concatenate([xb.numpy() for xb, _ in ds])
+        assert x.dtype == np.uint8 and x.shape == (103, *SHAPE)
+        orders.append(x[:, 0, 0, 0].astype(int).tolist())
+        assert sorted(orders[-1]) == list(range(103))
+    assert orders[0] != orders[1] and orders[0] != list(range(103))  # reshuffled each epoch
+
+
 def test_predict_batches_shrink_with_the_image_so_memory_does_not_grow_with_it():
     from pipeline.data.loader import predict_batch
 

@@ -60,10 +60,27 @@ class Batches(keras.utils.PyDataset):
         self.order = self._order()
 
 
+def batches(split: Split, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0):
+    """The split's batches for ``fit``: ``Batches``, or on TensorFlow, for a split small enough
+    to be in RAM (``Split.cached``), a ``tf.data`` pipeline over the same uint8 arrays.
+
+    The ``tf.data`` form is an optimisation: it keeps Python out of each step, which on a
+    busy 2-core CPU was worth 10-30 % of Fashion-MNIST's epoch time.
+    """
+    if keras.backend.backend() != "tensorflow" or not isinstance(split.x, np.ndarray):
+        return Batches(split, batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((split.images(np.arange(len(split))), split.y))
+    if shuffle:
+        ds = ds.shuffle(len(split), seed=seed + epoch, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
 def fit_inputs(splits: Splits, batch_size: int, seed: int, initial_epoch: int = 0) -> dict:
     """Keyword arguments for ``model.fit``: training and validation batches."""
-    train = Batches(splits.train, batch_size, shuffle=True, seed=seed, epoch=initial_epoch)
-    val = Batches(splits.val, batch_size)
+    train = batches(splits.train, batch_size, shuffle=True, seed=seed, epoch=initial_epoch)
+    val = batches(splits.val, batch_size)
     # The batches shuffle themselves; Keras' own flag would reorder them unseeded.
     return {"x": train, "validation_data": val, "shuffle": False}
 
