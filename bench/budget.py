@@ -240,10 +240,11 @@ def summarize(tuner, splits, batch_size: int) -> dict:
         # Keras Tuner restores weights only, so the optimizer's saved slots are skipped.
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
         model = tuner.get_best_models(1)[0]
-    x_test, y_test = load_split("test")
+    test = load_split("test")
+    x_test, y_test = test[:], test.y  # Fashion-MNIST's test split: small enough to read whole
     scores = model.evaluate(x_test, y_test, batch_size=batch_size, verbose=0, return_dict=True)
     digest = hashlib.sha256()
-    for array in (splits.x_train, splits.y_train, splits.x_val, splits.y_val, x_test, y_test):
+    for array in (splits.train[:], splits.train.y, splits.val[:], splits.val.y, x_test, y_test):
         digest.update(array.tobytes())
     return {
         "trials_completed": len(done),
@@ -251,7 +252,7 @@ def summarize(tuner, splits, batch_size: int) -> dict:
         "best_family": best.hyperparameters.values.get("family"),
         "best_val_accuracy": float(best.score),
         "test_accuracy": float(scores["accuracy"]),
-        "images": [len(splits.y_train), len(splits.y_val), len(y_test)],
+        "images": [len(splits.train), len(splits.val), len(y_test)],
         "data_sha256": digest.hexdigest(),
         "device": device_name(),
     }
@@ -281,7 +282,7 @@ def baseline_worker(workdir: Path) -> dict:
         dataset=params.data.dataset,
         max_params=tune.max_params,
         # The space's cosine schedule needs the trial's length, as in the stage.
-        total_steps=steps_per_epoch(len(splits.y_train), tune.batch_size) * tune.max_epochs,
+        total_steps=steps_per_epoch(len(splits.train), tune.batch_size) * tune.max_epochs,
     )
     tuner = budgeted_random_search(
         budget_start + tune.time_budget_minutes * 60,
@@ -294,9 +295,9 @@ def baseline_worker(workdir: Path) -> dict:
         overwrite=True,
     )
     tuner.search(
-        splits.x_train,
-        splits.y_train,
-        validation_data=(splits.x_val, splits.y_val),
+        splits.train[:],
+        splits.train.y,
+        validation_data=(splits.val[:], splits.val.y),
         epochs=tune.max_epochs,
         batch_size=tune.batch_size,
         verbose=0,

@@ -174,11 +174,14 @@ class Bench:
         tune = load_params(params_file).tune
         # The stage's own subsetting, so both sides train on the same images.
         self.splits = load_splits(max_train_samples=tune.max_train_samples, seed=tune.seed)
+        # The baseline's numpy arrays: the same uint8 images, read whole (Fashion-MNIST is small).
+        train, val = self.splits.train, self.splits.val
+        self.arrays = (train[:], train.y, val[:], val.y)
         self.gpus = sessions.gpu_count()
         self.mixed = sessions.resolve_switch(tune.mixed_precision, auto=self.gpus > 0)
         self.policy = "mixed_float16" if self.mixed else "float32"
         jit = "auto" if tune.jit_compile == "auto" else bool(tune.jit_compile)
-        steps = steps_per_epoch(len(self.splits.y_train), tune.batch_size) * tune.max_epochs
+        steps = steps_per_epoch(len(self.splits.train), tune.batch_size) * tune.max_epochs
         self.hypermodel = CNNHyperModel(
             load_search_space(workdir / tune.search_space),
             self.splits.input_shape,
@@ -201,13 +204,13 @@ class Bench:
 
     def warm_up(self) -> None:
         """One tiny fit, so TensorFlow's first-graph cost lands on neither side."""
-        s, n = self.splits, 2 * self.args.batch_size
+        (x_train, y_train, x_val, y_val), n = self.arrays, 2 * self.args.batch_size
         self._fresh_model()
         model = self.hypermodel.build(fixed_hyperparameters())
         model.fit(
-            s.x_train[:n],
-            s.y_train[:n],
-            validation_data=(s.x_val[:n], s.y_val[:n]),
+            x_train[:n],
+            y_train[:n],
+            validation_data=(x_val[:n], y_val[:n]),
             epochs=1,
             batch_size=self.args.batch_size,
             verbose=0,
@@ -226,16 +229,16 @@ class Bench:
         """Build + bare ``model.fit`` on numpy arrays."""
         from pipeline.search.hypermodel import active_values
 
-        s, args = self.splits, self.args
+        (x_train, y_train, x_val, y_val), args = self.arrays, self.args
         self._fresh_model()
         hp = fixed_hyperparameters()
         start, cpu = time.perf_counter(), time.process_time()
         model = self.hypermodel.build(hp)
         fit_start = time.perf_counter()
         history = model.fit(
-            s.x_train,
-            s.y_train,
-            validation_data=(s.x_val, s.y_val),
+            x_train,
+            y_train,
+            validation_data=(x_val, y_val),
             epochs=args.epochs,
             batch_size=args.batch_size,
             verbose=0,
@@ -370,7 +373,7 @@ def report(bench: Bench, args: argparse.Namespace, store_s: float, rows: list) -
     print("tune-stage overhead: one trial through `pipeline.tune` vs a bare model.fit")
     print(f"  model    {FAMILY} ({values}); adam lr 1e-3 constant, no augmentation")
     print(
-        f"  data     fashion_mnist, {len(s.y_train)} train / {len(s.y_val)} val images, "
+        f"  data     fashion_mnist, {len(s.train)} train / {len(s.val)} val images, "
         f"{args.epochs} epochs, batch {args.batch_size}"
     )
     print(f"  device   {device_name(bench.gpus)}, policy {bench.policy}")

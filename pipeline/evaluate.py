@@ -39,10 +39,15 @@ def load_model_info(path: Path = paths.MODEL_INFO) -> dict:
     )
 
 
-def predict(model, x: np.ndarray, num_classes: int) -> np.ndarray:
-    """Softmax probabilities ``(n, num_classes)``; DataError on a shape mismatch or NaN."""
+def predict(model, x, num_classes: int) -> np.ndarray:
+    """Softmax probabilities ``(n, num_classes)`` of a split, streamed in batches (or an array).
+
+    DataError on a shape mismatch or NaN.
+    """
+    from pipeline.data import loader
+
     try:
-        probs = np.asarray(model.predict(x, batch_size=PREDICT_BATCH, verbose=0), np.float64)
+        probs = np.asarray(loader.predict(model, x, PREDICT_BATCH), np.float64)
     except ValueError as exc:
         first = (str(exc).strip().splitlines() or ["ValueError"])[0][:200]
         raise DataError(
@@ -152,14 +157,15 @@ def main(argv=None) -> int:
     start = time.monotonic()
     info = load_model_info()
     meta = load_meta()
-    x, y = load_split("test")
+    x = load_split("test")  # images stay on disk; predict streams them
+    y = x.y
     check_consistent(info, meta)
     class_names = [str(c) for c in meta["class_names"]]
     if len(y) == 0:
-        raise DataError(f"{paths.PROCESSED}/test.npz is empty; rerun the preprocess stage")
+        raise DataError(f"{paths.PROCESSED}: the test split is empty; rerun the preprocess stage")
     if y.min() < 0 or y.max() >= len(class_names):
         raise DataError(
-            f"{paths.PROCESSED}/test.npz has labels outside 0..{len(class_names) - 1}; "
+            f"{paths.PROCESSED}: test labels outside 0..{len(class_names) - 1}; "
             "rerun the preprocess stage"
         )
     y = y.astype(np.int64)

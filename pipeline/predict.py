@@ -3,15 +3,16 @@
 The model is the registry's ``models:/<name>@champion`` (name: ``register.model_name``,
 else ``<dataset>-classifier``) or ``--model file.keras``; it is loaded in Keras safe mode.
 Images of any size and mode are converted exactly as the preprocess stage converts them
-(``pipeline.data.images.convert_image`` to the model's input height, width and channels,
-then scaled to [0, 1]). A ``.npy`` holds ``(N, H, W, C)`` or ``(H, W, C)``: floats in
-[0, 1] or 0-255 pixels (uint8). A file that cannot be read is reported on stderr and the
-others are still predicted; the exit code is then 1.
+(``pipeline.data.images.decode_image``: EXIF orientation, mode, then the model's input
+height and width). A ``.npy`` holds ``(N, H, W, C)`` or ``(H, W, C)`` 0-255 pixels (uint8,
+or numbers in [0, 255]), as the processed splits store them. The model gets the pixels as
+they are: its own first layer rescales them, and a model saved before that convention is
+refused. A file that cannot be read is reported on stderr and the others are still
+predicted; the exit code is then 1.
 """
 
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ from pipeline.config import Params, load_params
 from pipeline.console import log
 from pipeline.errors import DataError, PipelineError
 from pipeline.fileio import read_json
+
+NPY_CHUNK = 1024  # images of a .npy batch read, checked and predicted at a time
 
 
 def parser():
@@ -58,23 +61,23 @@ def main(argv=None) -> int:
         class_names = [str(i) for i in range(_num_outputs(model))]
         log("predict: warning: no class names for this model; showing class indices")
 
-    batches, names, errors = [], [], []
+    parts, names, errors = [], [], []
     for path in args.inputs:
         try:
-            x, batch = read_input(Path(path), shape)
+            probs, batch = predict_input(model, Path(path), shape, f"model {source}")
         except DataError as exc:
             errors.append({"input": path, "error": str(exc)})
             print(f"error: {exc}", file=sys.stderr, flush=True)
             continue
-        batches.append(x)
+        parts.append(probs)
         if batch:
-            names += [f"{path}[{i}]" for i in range(len(x))]
+            names += [f"{path}[{i}]" for i in range(len(probs))]
         else:
             names.append(path)
 
     results = []
-    if batches:
-        probs = models.predict_probs(model, np.concatenate(batches), f"model {source}")
+    if parts:
+        probs = np.concatenate(parts)
         k = min(args.top_k, probs.shape[1])
         for name, row in zip(names, probs, strict=True):
             top = np.argsort(-row, kind="stable")[:k]
@@ -135,12 +138,73 @@ def load_champion(params):
     return model, local.class_names, f"models:/{name}@{CHAMPION} (version {mv.version})"
 
 
+def predict_input(model, path: Path, shape, what: str) -> tuple[np.ndarray, bool]:
+    """``(class probabilities, whether the file is a batch)`` of one input; DataError naming it.
+
+    A ``.npy`` batch is read, checked and predicted ``NPY_CHUNK`` images at a time, so a
+    batch of any size is never in memory whole.
+    """
+    from pipeline.registry import models
+
+    chunks = _npy_chunks(path, shape) if path.suffix.lower() == ".npy" else None
+    if chunks is None:
+        x, batch = read_input(path, shape)
+        return models.predict_probs(model, x, what), batch
+    probs, top = [], 0.0
+    for pixels, floating in chunks:
+        probs.append(models.predict_probs(model, pixels, what))
+        top = max(top, float(pixels.max())) if floating and pixels.size else 255.0
+    if 0 < top <= 1.0:
+        # A hint only: the values are used as they are (a dark image is not rescaled).
+        log(f"predict: note: {path} is all within [0, 1]; the model takes 0-255 pixels")
+    return np.concatenate(probs) if probs else np.zeros((0, int(model.output_shape[-1]))), True
+
+
+def _npy_chunks(path: Path, shape):
+    """Blocks of a ``.npy`` batch ``(N, H, W, C)`` as ``(float32 pixels, stored as floats)``.
+
+    Read from the file, never mapped or loaded whole. None for anything else: ``read_input``
+    then reads it, or says what is wrong with it.
+    """
+    from pipeline.registry.pyfunc_model import as_pixels
+
+    try:
+        header = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception:  # noqa: BLE001 - empty, truncated, not numpy: read_input reports it
+        return None
+    numeric = np.issubdtype(header.dtype, np.integer) or np.issubdtype(header.dtype, np.floating)
+    if not (
+        isinstance(header, np.memmap)
+        and header.ndim == len(shape) + 1
+        and header.flags.c_contiguous
+        and numeric
+    ):
+        return None
+    n, row_shape, dtype, offset = len(header), header.shape[1:], header.dtype, header.offset
+    del header  # the map is only read for its header
+    row_items = int(np.prod(row_shape))
+
+    def blocks():
+        with open(path, "rb") as fh:
+            for start in range(0, n, NPY_CHUNK):
+                count = min(NPY_CHUNK, n - start)
+                fh.seek(offset + start * row_items * dtype.itemsize)
+                block = np.fromfile(fh, dtype=dtype, count=count * row_items)
+                try:
+                    pixels = as_pixels(block.reshape(count, *row_shape), shape)
+                except ValueError as exc:
+                    raise DataError(f"{path}: {exc}") from None
+                yield pixels, np.issubdtype(dtype, np.floating)
+
+    return blocks()
+
+
 def read_input(path: Path, shape) -> tuple[np.ndarray, bool]:
-    """``(float32 (N, H, W, C) in [0, 1], whether the file is a batch)``; DataError naming it."""
+    """``(float32 (N, H, W, C) 0-255 pixels, whether the file is a batch)``; DataError naming it."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if path.suffix.lower() == ".npy":
-        from pipeline.registry.pyfunc_model import scale_images
+        from pipeline.registry.pyfunc_model import as_pixels
 
         try:
             x = np.load(path, allow_pickle=False)
@@ -155,32 +219,29 @@ def read_input(path: Path, shape) -> tuple[np.ndarray, bool]:
         if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
             raise DataError(f"{path}: array of {x.dtype}; expected floats or uint8 pixels")
         try:
-            return scale_images(x, shape), x.ndim == len(shape) + 1 or (
-                shape[-1] == 1 and x.ndim == len(shape) and x.shape[-1] != 1
-            )
+            pixels = as_pixels(x, shape)
         except ValueError as exc:
             raise DataError(f"{path}: {exc}") from None
-    return read_image(path, shape)[None], False
+        if np.issubdtype(x.dtype, np.floating) and pixels.size and 0 < pixels.max() <= 1.0:
+            # A hint only: the values are used as they are (a dark image is not rescaled).
+            log(f"predict: note: {path} is all within [0, 1]; the model takes 0-255 pixels")
+        batch = x.ndim == len(shape) + 1 or (
+            shape[-1] == 1 and x.ndim == len(shape) and x.shape[-1] != 1
+        )
+        return pixels, batch
+    return read_image(path, shape)[None].astype(np.float32), False
 
 
 def read_image(path: Path, shape) -> np.ndarray:
-    """Decode and convert one image exactly as the preprocess stage does."""
-    from PIL import Image
-
-    from pipeline.data.images import convert_image
-    from pipeline.data.prepare import to_float
+    """Decode and convert one image exactly as the preprocess stage does: uint8 (H, W, C)."""
+    from pipeline.data.images import decode_image
 
     height, width, channels = shape
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                arr = convert_image(img, (height, width), channels)
+        return decode_image(path, (height, width), channels)
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types on bad files
         reason = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
         raise DataError(f"{path}: cannot decode the image ({reason})") from None
-    return to_float(arr)
 
 
 if __name__ == "__main__":

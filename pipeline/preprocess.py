@@ -1,4 +1,7 @@
-"""Stage preprocess: raw files to ``data/processed/{train,val,gate,test}.npz`` + ``meta.json``.
+"""Stage preprocess: raw files to ``data/processed/<split>_{x,y}.npy`` + ``meta.json``.
+
+Pixels are written as uint8 (0-255), one image or chunk at a time, so a folder of any size
+is never held in memory; the splits are drawn from the file list before decoding.
 
 Also writes the data-validation report (``reports/data_validation.json``) and prints a
 short summary of it.
@@ -9,13 +12,15 @@ import sys
 import time
 import zipfile
 
+import numpy as np
+
 from pipeline import atomic, paths
 from pipeline.cli import guarded, stage_parser
 from pipeline.config import load_params
 from pipeline.console import log
-from pipeline.data import prepare
+from pipeline.data import prepare, store
 from pipeline.data.decode import DECODERS
-from pipeline.data.images import decode_folder
+from pipeline.data.images import decode_files, scan_folder
 from pipeline.errors import DataError
 from pipeline.fileio import read_json
 
@@ -38,33 +43,31 @@ def main(argv=None) -> int:
         raise DataError(f"{checksums_file} is not the manifest of {dataset!r}; rerun download")
 
     log(f"preprocess: decoding {dataset} from {raw}/")
-    if dataset == "image_folder":
-        decoded = decode_folder(raw, pp.image_size, pp.color_mode, log)
-    else:
-        try:
-            decoded = prepare.conform(DECODERS[dataset](raw), pp)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            raise DataError(
-                f"{raw}: cannot decode {dataset} ({type(exc).__name__}: {exc}); "
-                f"delete {raw} and rerun the download stage"
-            ) from None
-    splits = prepare.split(decoded, pp)
-    report = prepare.validate(decoded, splits)
-    report["dataset"] = dataset
-    meta = {
-        "dataset": dataset,
-        "class_names": decoded.class_names,
-        "num_classes": len(decoded.class_names),
-        "input_shape": list(splits["train"][0].shape[1:]),
-        "images": report["images"],
-        "counts": report["class_balance"]["counts"],
-        "source_checksums": checksums["files"],
-        "preprocess": pp.model_dump(mode="json"),
-    }
-
     out = atomic.temp_dir_beside(paths.PROCESSED)
     try:
-        prepare.write_splits(splits, out)
+        if dataset == "image_folder":
+            written, class_names, skipped, conversions = _write_folder(raw, pp, out)
+        else:
+            written, class_names, skipped, conversions = _write_arrays(raw, dataset, pp, out)
+        report = prepare.validate(written, class_names, skipped, conversions)
+        report["dataset"] = dataset
+        meta = {
+            "dataset": dataset,
+            "format": store.FORMAT,
+            "pixels": store.PIXELS,
+            "class_names": class_names,
+            "num_classes": len(class_names),
+            "input_shape": list(store.Rows(out / store.x_file("train")).shape[1:]),
+            "images": report["images"],
+            "counts": report["class_balance"]["counts"],
+            "source_checksums": checksums["files"],
+            "preprocess": pp.model_dump(mode="json"),
+        }
+        if "size_reason" in conversions:  # an image folder: the size used, and why that one
+            meta["image_size"] = {
+                "size": conversions["target_size"],
+                "reason": conversions["size_reason"],
+            }
         atomic.write_json(out / paths.META_FILE, meta)
         atomic.replace_dir(out, paths.PROCESSED)
         atomic.write_json(paths.DATA_VALIDATION, report)
@@ -74,6 +77,45 @@ def main(argv=None) -> int:
         log(line)
     log(f"preprocess: wrote {paths.PROCESSED}/ in {time.monotonic() - start:.1f}s")
     return 0
+
+
+def _write_folder(raw, pp, out):
+    """Split the file list by label, then decode each split's files straight to disk."""
+    scan = scan_folder(raw, pp.image_size, pp.color_mode, log)
+    row_shape = (*scan.size, scan.channels)
+    written = {}
+    for name, positions in prepare.split(scan.labels, pp, has_test=False).items():
+        decoded = decode_files(scan, np.sort(positions), log)
+        chunks = ((image[None], scan.labels[i : i + 1]) for i, image in decoded)
+        written[name] = prepare.write_split(out, name, row_shape, chunks)
+    survivors = set().union(*(set(w.y.tolist()) for w in written.values()))
+    lost = [c for i, c in enumerate(scan.classes) if i not in survivors]
+    if lost:
+        raise DataError(f"{raw}: every image of class(es) {', '.join(lost)} failed to decode")
+    return written, scan.classes, scan.skipped, scan.conversions
+
+
+def _write_arrays(raw, dataset, pp, out):
+    """A fixed dataset (small, decoded in memory) through the same writer, chunk by chunk."""
+    try:
+        decoded = DECODERS[dataset](raw)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(
+            f"{raw}: cannot decode {dataset} ({type(exc).__name__}: {exc}); "
+            f"delete {raw} and rerun the download stage"
+        ) from None
+    to = prepare.conversion(decoded, pp)
+    row_shape = decoded.x.shape[1:] if to is None else (*to[0], to[1])
+    indices = prepare.split(decoded.y, pp, has_test=decoded.x_test is not None)
+    written = {}
+    for name in ("train", "val", "gate", "test"):
+        if name == "test" and decoded.x_test is not None:
+            x, y, positions = decoded.x_test, decoded.y_test, np.arange(len(decoded.y_test))
+        else:
+            x, y, positions = decoded.x, decoded.y, indices[name]
+        chunks = prepare.array_chunks(x, y, positions, to)
+        written[name] = prepare.write_split(out, name, row_shape, chunks)
+    return written, decoded.class_names, decoded.skipped, decoded.conversions
 
 
 if __name__ == "__main__":

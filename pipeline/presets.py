@@ -1,11 +1,13 @@
 """Fixed reference architectures, built layer for layer as specified, for baselines.
 
 ``build_preset(name, input_shape, num_classes)`` returns an uncompiled ``keras.Model`` named
-after the preset. Only ``keras.layers`` are used, so the presets run on any Keras backend.
-Every preset ends in ``Dense(num_classes, activation="softmax")``. Where the spec lists a
-ReLU as its own step it is its own ``ReLU`` layer; where it only says "with ReLU" (VGG16,
-LeNet-5) the activation sits inside the conv/dense layer. Details the spec leaves open follow
-``keras.applications`` (ResNet50, Xception) and are commented where chosen.
+after the preset; like every model of the pipeline it takes 0-255 pixels, its first layer
+after the input a ``Rescaling(1/255)`` (``pipeline.model_input``). Only ``keras.layers``
+are used, so the presets run on any Keras backend. Every preset ends in
+``Dense(num_classes, activation="softmax")``. Where the spec lists a ReLU as its own step it
+is its own ``ReLU`` layer; where it only says "with ReLU" (VGG16, LeNet-5) the activation
+sits inside the conv/dense layer. Details the spec leaves open follow ``keras.applications``
+(ResNet50, Xception) and are commented where chosen.
 """
 
 from numbers import Integral
@@ -14,6 +16,7 @@ import keras
 from keras import layers
 
 from pipeline.errors import PipelineError
+from pipeline.model_input import pixel_inputs
 
 SEED_RESNET_STAGES = (((64, 64, 256), 3, 1), ((256, 256, 1024), 6, 2), ((512, 512, 2048), 3, 2))
 RESNET50_STAGES = (
@@ -212,8 +215,8 @@ def build_preset(name: str, input_shape=None, num_classes: int = 10) -> keras.Mo
     shape = tuple(default_shape if input_shape is None else input_shape)
     if len(shape) != 3 or not all(isinstance(d, Integral) and d > 0 for d in shape):
         raise PipelineError(f"input_shape must be (height, width, channels), got {shape}")
-    inputs = keras.Input(shape=shape)
-    return keras.Model(inputs, builder(inputs, num_classes), name=name)
+    inputs, pixels = pixel_inputs(shape)  # 0-255 pixels in, as every pipeline model
+    return keras.Model(inputs, builder(pixels, num_classes), name=name)
 
 
 def _lookup(name: str):

@@ -73,7 +73,8 @@ def main(argv=None) -> int:
             f"{GATE_SPLIT} split in {paths.META_FILE}); rerun preprocess: `dvc repro` (preprocess "
             "params changed) or `python -m pipeline preprocess`"
         )
-    x_gate, y_gate = load_split(GATE_SPLIT)
+    x_gate = load_split(GATE_SPLIT)  # images stay on disk; scoring streams them
+    y_gate = x_gate.y
     class_names = [str(c) for c in meta["class_names"]]
     if info.get("class_names") is not None and list(info["class_names"]) != class_names:
         raise DataError(
@@ -208,7 +209,9 @@ def score_champion(client, name, version, x, y, class_names):
     keep = f"not comparable, so the {CHAMPION} is kept; move the alias by hand to replace it"
     with models.temp_dir("champion-") as tmp:
         local = models.download_version(client, name, version, Path(tmp))
-        model = models.load_keras(local.model_file)
+        # A champion from before models took 0-255 pixels is scored behind the rescaling
+        # it lacks, so a retrained candidate can still be compared with it.
+        model = models.load_keras(local.model_file, old_convention="wrap")
         shape, want = models.input_shape(model), tuple(x.shape[1:])
         if shape != want:
             why = (

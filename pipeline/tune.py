@@ -67,7 +67,8 @@ def main(argv=None) -> int:
     session = sessions.open_session(params)
     tuner = chief = None
     try:
-        from pipeline.data.splits import fit_inputs, load_splits
+        from pipeline.data.loader import fit_inputs
+        from pipeline.data.splits import load_splits
 
         tune = params.tune
         splits = load_splits(max_train_samples=tune.max_train_samples, seed=tune.seed)
@@ -108,7 +109,7 @@ def _announce(tuner, splits) -> None:
         budget = f"{max(0.0, tuner.deadline - time.time()) / 60:.1f} min of budget left"
     log(
         f"tune: {type(oracle).__name__.removeprefix('Pipeline')} on "
-        f"{len(splits.y_train)} training / {len(splits.y_val)} validation images; "
+        f"{len(splits.train)} training / {len(splits.val)} validation images; "
         f"{len(oracle.end_order)} of at most {tuner.max_trials} trials done; {budget}"
     )
 

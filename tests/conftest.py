@@ -2,6 +2,7 @@
 
 import gzip
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -177,3 +178,24 @@ def dvc_project(root: Path, extra_files=(), **params_changes) -> Path:
     ):
         subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
     return root
+
+
+def write_processed(folder: Path, splits: dict, meta: dict) -> Path:
+    """A processed folder as the preprocess stage writes it: ``splits`` maps a split name to
+    ``(uint8 images, labels)``; ``meta`` is completed with the current format."""
+    from pipeline.data import prepare, store
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (x, y) in splits.items():
+        x = np.asarray(x, dtype=np.uint8)
+        prepare.write_split(folder, name, x.shape[1:], [(x, np.asarray(y, dtype=np.int64))])
+    full = {"format": store.FORMAT, "pixels": store.PIXELS, **meta}
+    (folder / "meta.json").write_text(json.dumps(full))
+    return folder
+
+
+def read_processed(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(images, labels)`` of one processed split, read whole (tests only)."""
+    folder = Path(folder)
+    return np.load(folder / f"{split}_x.npy"), np.load(folder / f"{split}_y.npy")

@@ -14,7 +14,8 @@ import yaml
 
 from pipeline import paths
 from pipeline.errors import DataError
-from tests.conftest import ROOT
+from pipeline.model_input import PIXELS_LAYER
+from tests.conftest import ROOT, write_processed
 
 CLASSES = ["circle", "square", "cross"]
 EXPERIMENT = "eval-test"
@@ -28,13 +29,13 @@ trial_id,family,optimizer,learning_rate,params,val_accuracy,epochs,seconds,statu
 
 
 def _data(n: int, seed: int):
-    """8x8x1 images in [0, 1]: class c lights up band c, plus noise; labels balanced."""
+    """8x8x1 uint8 images: class c lights up band c, plus noise; labels balanced."""
     rng = np.random.default_rng(seed)
     y = np.arange(n) % len(CLASSES)
     x = rng.uniform(0, 0.5, (n, 8, 8, 1)).astype(np.float32)
     for c in range(len(CLASSES)):
         x[y == c, 2 * c : 2 * c + 3, :, 0] += 0.4
-    return np.clip(x, 0, 1), y.astype(np.int64)
+    return np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8), y.astype(np.int64)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,7 @@ def built(tmp_path_factory):
     model = keras.Sequential(
         [
             keras.Input((8, 8, 1)),
+            keras.layers.Rescaling(1 / 255, name=PIXELS_LAYER),  # 0-255 pixels in
             keras.layers.Flatten(),
             keras.layers.Dense(len(CLASSES), activation="softmax"),
         ]
@@ -58,8 +60,13 @@ def built(tmp_path_factory):
     model.fit(x_train, y_train, epochs=3, batch_size=32, verbose=0)
     model.save(folder / "model.keras")
     probs = model.predict(x_test, verbose=0)
-    np.savez(folder / "test.npz", x=x_test, y=y_test)
-    return {"folder": folder, "probs": probs, "y": y_test, "params": model.count_params()}
+    return {
+        "test": (x_test, y_test),
+        "folder": folder,
+        "probs": probs,
+        "y": y_test,
+        "params": model.count_params(),
+    }
 
 
 def _mlflow(root: Path):
@@ -88,11 +95,8 @@ def make_inputs(root: Path, built: dict, source: str = "tune", run_id: str | Non
             }
         )
     )
-    processed = root / paths.PROCESSED
-    processed.mkdir(parents=True)
-    shutil.copy(built["folder"] / "test.npz", processed / "test.npz")
     meta = {"dataset": "digits", "class_names": CLASSES, "num_classes": 3, "input_shape": [8, 8, 1]}
-    (processed / "meta.json").write_text(json.dumps(meta))
+    write_processed(root / paths.PROCESSED, {"test": built["test"]}, meta)
     (root / "models").mkdir()
     shutil.copy(built["folder"] / "model.keras", root / paths.MODEL)
     info = {

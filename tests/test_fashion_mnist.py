@@ -26,9 +26,10 @@ def test_default_params_give_the_official_splits(project):
     processed = project.path / "data" / "processed"
     labels = {}
     for split in ("train", "val", "gate", "test"):
-        with np.load(processed / f"{split}.npz", allow_pickle=False) as f:
-            assert f["x"].shape[1:] == (28, 28, 1) and f["x"].dtype == np.float32
-            labels[split] = f["y"]
+        x = np.load(processed / f"{split}_x.npy", mmap_mode="r")
+        assert x.shape[1:] == (28, 28, 1) and x.dtype == np.uint8
+        labels[split] = np.load(processed / f"{split}_y.npy")
+        assert len(labels[split]) == len(x)
     sizes = [len(labels[s]) for s in ("train", "val", "gate", "test")]
     assert sizes == [48000, 6000, 6000, 10000]
     official_train = np.concatenate([labels["train"], labels["val"], labels["gate"]])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.families import FAMILY_NAMES
+from pipeline.model_input import PIXELS_LAYER, takes_pixels
 from pipeline.search import load_search_space
 from pipeline.search.hypermodel import CNNHyperModel, active_values
 from pipeline.search.losses import SmoothedSparseCategoricalCrossentropy, classification_loss
@@ -88,13 +89,15 @@ def test_adamw_decay_is_the_spaces_live_only_for_adamw(default_space):
 def test_l2_is_a_kernel_penalty_in_the_loss(default_space):
     hypermodel = CNNHyperModel(default_space, SHAPE, CLASSES)
     model = hypermodel.build(_fixed(family="mlp", l2=0.01))
-    regularised = [layer for layer in model.layers if getattr(layer, "kernel_regularizer", None)]
+    family = model.layers[-1]  # after the input and its 0-255 rescaling
+    regularised = [layer for layer in family.layers if getattr(layer, "kernel_regularizer", None)]
     assert regularised
     for layer in regularised:
         assert isinstance(layer.kernel_regularizer, keras.regularizers.L2)
         assert layer.kernel_regularizer.l2 == pytest.approx(0.01)
     unregularised = hypermodel.build(_fixed(family="mlp", l2=0.0))
-    assert not any(getattr(layer, "kernel_regularizer", None) for layer in unregularised.layers)
+    family = unregularised.layers[-1]
+    assert not any(getattr(layer, "kernel_regularizer", None) for layer in family.layers)
 
 
 def test_declaring_the_space_covers_every_family(default_space):
@@ -264,4 +267,19 @@ def test_augmentation_follows_the_dataset_and_is_off_at_inference(default_space,
     assert keras.layers.RandomTranslation in kinds
     images = np.random.default_rng(0).random((2, 28, 28, 1), dtype=np.float32)
     inner = model.layers[-1]
-    np.testing.assert_allclose(model(images, training=False), inner(images, training=False))
+    np.testing.assert_allclose(
+        model(images * 255.0, training=False), inner(images, training=False), rtol=1e-5, atol=1e-7
+    )
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_every_trial_model_takes_0_255_pixels_through_its_first_layer(default_space, augment):
+    hypermodel = CNNHyperModel(default_space, (28, 28, 1), CLASSES, dataset="mnist")
+    model = hypermodel.build(_fixed(family="simple_cnn", augment=augment))
+    assert takes_pixels(model)
+    assert model.layers[1].name == PIXELS_LAYER  # right after the input, before augmentation
+    pixels = np.random.default_rng(2).integers(0, 256, (2, 28, 28, 1)).astype(np.float32)
+    family = model.layers[-1]
+    np.testing.assert_allclose(
+        model(pixels, training=False), family(pixels / 255.0, training=False), rtol=1e-5, atol=1e-7
+    )

@@ -83,19 +83,19 @@ def test_families_and_search_train_under_jax():
 
 
 def test_the_tune_stage_runs_under_jax(tmp_path):
-    """A 2-trial search through the real stage: numpy input (no tf.data), MLflow per trial."""
+    """A 2-trial search through the real stage: the loader's batches, MLflow per trial."""
     import numpy as np
     import yaml
 
+    from tests.conftest import write_processed
     from tests.tune_helpers import mlflow_client, parent_and_trials, tune_params
 
     rng = np.random.default_rng(0)
-    processed = tmp_path / "data" / "processed"
-    processed.mkdir(parents=True)
+    splits = {}
     for split, n in (("train", 96), ("val", 32)):
         y = np.arange(n) % 3
         x = rng.random((n, 8, 8, 1), dtype=np.float32) * 0.2 + y[:, None, None, None] * 0.3
-        np.savez(processed / f"{split}.npz", x=x.astype(np.float32), y=y.astype(np.int64))
+        splits[split] = (np.rint(x * 255).astype(np.uint8), y)
     meta = {
         "dataset": "digits",
         "class_names": ["a", "b", "c"],
@@ -104,7 +104,7 @@ def test_the_tune_stage_runs_under_jax(tmp_path):
         "source_checksums": {"digits.csv": "0" * 64},
         "preprocess": {},
     }
-    (processed / "meta.json").write_text(json.dumps(meta))
+    write_processed(tmp_path / "data" / "processed", splits, meta)  # streamed by the loader
     tune_params(tmp_path, max_trials=2)
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(

@@ -62,7 +62,6 @@ def test_images_of_odd_sizes_modes_and_a_corrupt_file(model_file, project, capsy
 
 def test_images_converted_exactly_as_preprocess(model_file, project):
     from pipeline.data.images import decode_folder
-    from pipeline.data.prepare import to_float
 
     folder = project.path / "imgs" / "only"
     folder.mkdir(parents=True)
@@ -71,16 +70,18 @@ def test_images_converted_exactly_as_preprocess(model_file, project):
     save_image(project.path / "imgs" / "other" / "b.png", (8, 8), "L", seed=4)
     decoded = decode_folder(project.path / "imgs", (8, 8), "grayscale", log=lambda m: None)
     ours = predict.read_image(folder / "a.png", (8, 8, 1))
-    np.testing.assert_array_equal(ours, to_float(decoded.x[0]))
+    assert ours.dtype == np.uint8  # the pixels as stored; the model rescales them
+    np.testing.assert_array_equal(ours, decoded.x[0])
 
 
 def test_npy_batches(model_file, project, capsys):
     root = project.path
-    x = np.stack([templates()[:, k].reshape(8, 8, 1) for k in (0, 1, 2)]).astype(np.float32)
-    np.save(root / "batch.npy", x)
-    np.save(root / "pixels.npy", (x * 255).astype(np.uint8)[..., 0])  # (N, H, W) uint8
+    x = np.stack([templates()[:, k].reshape(8, 8, 1) for k in (0, 1, 2)]) * np.float32(255)
+    np.save(root / "batch.npy", x)  # 0-255 numbers as float32
+    np.save(root / "pixels.npy", x.astype(np.uint8)[..., 0])  # (N, H, W) uint8
     np.save(root / "one.npy", x[2])
     np.save(root / "wrong.npy", np.zeros((2, 5, 5, 1), np.float32))
+    np.save(root / "range.npy", np.full((1, 8, 8, 1), 300.0, np.float32))
     args = ["--model", str(model_file), "--json", "--top-k", "1"]
     code = predict.main(args + [str(root / n) for n in ("batch.npy", "pixels.npy", "one.npy")])
     assert code == 0
@@ -93,6 +94,44 @@ def test_npy_batches(model_file, project, capsys):
     }  # fmt: skip
     assert predict.main(args + [str(root / "wrong.npy")]) == 1
     assert "wrong.npy: input of shape (2, 5, 5, 1)" in capsys.readouterr().err
+    assert predict.main(args + [str(root / "range.npy")]) == 1
+    assert "range.npy: input values outside 0-255" in capsys.readouterr().err
+
+
+def test_large_npy_batch_is_predicted_in_chunks_and_refused_whole_if_one_is_bad(
+    model_file, project, capsys, monkeypatch
+):
+    monkeypatch.setattr(predict, "NPY_CHUNK", 4)  # 11 images: chunks of 4, 4 and 3
+    labels = np.arange(11) % 3
+    x = np.stack([templates()[:, k].reshape(8, 8, 1) for k in labels]) * 255
+    np.save(project.path / "big.npy", x.astype(np.uint8))
+    args = ["--model", str(model_file), "--json", "--top-k", "1", str(project.path / "big.npy")]
+    assert predict.main(args) == 0
+    preds = json.loads(capsys.readouterr().out)["predictions"]
+    assert [p["input"].rsplit("/", 1)[-1] for p in preds] == [f"big.npy[{i}]" for i in range(11)]
+    assert [p["top"][0]["label"] for p in preds] == [CLASSES[k] for k in labels]
+    bad = x.astype(np.float32)
+    bad[9] = -1.0  # in the last chunk: the file's earlier chunks must not be reported alone
+    np.save(project.path / "big.npy", bad)
+    assert predict.main(args) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["predictions"] == []
+    assert "big.npy: input values outside 0-255" in captured.err
+
+
+def test_npy_scaled_to_0_1_is_used_as_is_with_a_note(model_file, project, capsys):
+    """Nothing is guessed from the values: [0, 1] floats are very dark pixels, and said so."""
+    x = np.stack([templates()[:, k].reshape(8, 8, 1) for k in (0, 1, 2)]).astype(np.float32)
+    np.save(project.path / "scaled.npy", x)
+    args = ["--model", str(model_file), "--json", "--top-k", "3", str(project.path / "scaled.npy")]
+    assert predict.main(args) == 0
+    captured = capsys.readouterr()
+    assert "scaled.npy is all within [0, 1]; the model takes 0-255 pixels" in captured.err
+    model = build_model("good")
+    expected = model.predict(x, verbose=0)  # the model on the values as given, unscaled
+    for row, probs in zip(json.loads(captured.out)["predictions"], expected, strict=True):
+        got = {t["label"]: t["probability"] for t in row["top"]}
+        assert got == pytest.approx(dict(zip(CLASSES, probs.tolist(), strict=True)), abs=1e-6)
 
 
 def test_champion_from_registry(project, monkeypatch, capsys):

@@ -13,7 +13,7 @@ from pipeline.data import prepare
 from pipeline.data.decode import decode_cifar10, read_idx
 from pipeline.data.images import decode_folder
 from pipeline.errors import DataError
-from tests.conftest import run_cli, save_image, write_idx
+from tests.conftest import read_processed, run_cli, save_image, write_idx
 
 
 def test_idx_round_trip_gz_and_plain(tmp_path):
@@ -100,13 +100,13 @@ def test_split_is_stratified_seeded_and_keeps_the_official_test_set():
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(4), [100, 100, 50, 50])
     x = rng.integers(0, 256, (300, 8, 8, 1), dtype=np.uint8)
-    decoded = prepare.Decoded(x, y, list("abcd"), x[:12], y[:12])
     params = PreprocessParams(val_fraction=0.2, seed=3)
-    splits = prepare.split(decoded, params)
-    assert np.bincount(splits["val"][1]).tolist() == [20, 20, 10, 10]
-    assert splits["test"][0] is decoded.x_test
-    again = prepare.split(decoded, params)
-    np.testing.assert_array_equal(again["val"][0], splits["val"][0])
+    splits = prepare.split(y, params, has_test=True)
+    assert np.bincount(y[splits["val"]]).tolist() == [20, 20, 10, 10]
+    assert "test" not in splits  # the official test set is written as it is
+    again = prepare.split(y, params, has_test=True)
+    np.testing.assert_array_equal(again["val"], splits["val"])
+    assert len(np.unique(np.concatenate(list(splits.values())))) == len(x)
 
 
 def _ids(x):
@@ -119,9 +119,11 @@ def test_gate_split_is_stratified_sized_and_disjoint_from_train_val_test(officia
     y = np.repeat(np.arange(4), [100, 100, 50, 50])
     x = rng.integers(0, 256, (300, 8, 8, 1), dtype=np.uint8)  # 300 distinct images
     x_test = rng.integers(0, 256, (12, 8, 8, 1), dtype=np.uint8) if official_test else None
-    decoded = prepare.Decoded(x, y, list("abcd"), x_test, y[:12] if official_test else None)
     params = PreprocessParams(val_fraction=0.2, gate_fraction=0.1, test_fraction=0.2, seed=3)
-    splits = prepare.split(decoded, params)
+    positions = prepare.split(y, params, has_test=official_test)
+    splits = {name: (x[p], y[p]) for name, p in positions.items()}
+    if official_test:
+        splits["test"] = (x_test, y[:12])
     assert list(splits) == ["train", "val", "gate", "test"]
     # gate_fraction is a share of the training set, like val_fraction: what test leaves.
     pool = 300 if official_test else 240
@@ -136,10 +138,10 @@ def test_gate_split_is_stratified_sized_and_disjoint_from_train_val_test(officia
     labels = dict(zip(_ids(x), y, strict=True))
     assert [labels[i] for i in ids["gate"]] == y_gate.tolist()
     # Val and test do not depend on the gate: the same images with another gate_fraction.
-    other = prepare.split(decoded, params.model_copy(update={"gate_fraction": 0.3}))
-    for name in ("val", "test"):
-        np.testing.assert_array_equal(other[name][0], splits[name][0])
-    assert len(other["gate"][1]) == 3 * len(y_gate)
+    other = prepare.split(y, params.model_copy(update={"gate_fraction": 0.3}), official_test)
+    for name in ("val", "test") if not official_test else ("val",):
+        np.testing.assert_array_equal(other[name], positions[name])
+    assert len(other["gate"]) == 3 * len(y_gate)
 
 
 def test_val_and_gate_fractions_must_leave_training_images(tmp_path):
@@ -158,9 +160,10 @@ def test_validation_counts_leakage_and_imbalance():
     x = rng.integers(0, 256, (60, 8, 8, 1), dtype=np.uint8)
     y = np.array([0] * 45 + [1] * 15)
     x_test = np.concatenate([x[:3], rng.integers(0, 256, (7, 8, 8, 1), dtype=np.uint8)])
-    decoded = prepare.Decoded(x, y, ["a", "b"], x_test, np.zeros(10, dtype=np.int64))
-    splits = prepare.split(decoded, PreprocessParams(val_fraction=0.2))
-    report = prepare.validate(decoded, splits)
+    positions = prepare.split(y, PreprocessParams(val_fraction=0.2), has_test=True)
+    written = {name: prepare.Written(y[p], prepare._digests(x[p])) for name, p in positions.items()}
+    written["test"] = prepare.Written(np.zeros(10, dtype=np.int64), prepare._digests(x_test))
+    report = prepare.validate(written, ["a", "b"], [], {})
     dup = report["duplicates"]
     assert dup["train_test"] + dup["val_test"] + dup["gate_test"] == 3
     assert dup["train_gate"] == 0
@@ -177,10 +180,9 @@ def test_stage_on_digits_writes_loadable_splits_meta_and_report(project):
     processed = project.path / "data" / "processed"
     totals = 0
     for split in ("train", "val", "gate", "test"):
-        with np.load(processed / f"{split}.npz", allow_pickle=False) as f:
-            x, y = f["x"], f["y"]
-        assert x.dtype == np.float32 and x.shape[1:] == (8, 8, 1)
-        assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.9
+        x, y = read_processed(processed, split)
+        assert x.dtype == np.uint8 and x.shape[1:] == (8, 8, 1)
+        assert x.max() == 255  # pixels, not rescaled: the model's first layer rescales
         assert y.dtype == np.int64 and len(y) == len(x)
         totals += len(y)
     assert totals == 1797
@@ -189,8 +191,9 @@ def test_stage_on_digits_writes_loadable_splits_meta_and_report(project):
     assert sum(meta["counts"]["val"].values()) == 162
     sizes = {"train": 1293, "val": 162, "gate": 162, "test": 180}
     assert meta["images"] == sizes
-    with np.load(processed / "gate.npz", allow_pickle=False) as f:
-        assert np.bincount(f["y"]).max() - np.bincount(f["y"]).min() <= 1  # stratified
+    y_gate = read_processed(processed, "gate")[1]
+    assert np.bincount(y_gate).max() - np.bincount(y_gate).min() <= 1  # stratified
+    assert meta["format"] == 2 and meta["pixels"] == "uint8 0-255"
     assert meta["source_checksums"]  # ties the processed data to the raw files
     report = json.loads((project.path / "reports" / "data_validation.json").read_text())
     assert report["images"] == sizes
@@ -212,6 +215,16 @@ def test_stage_on_image_folder_reports_skipped_files(project, image_folder):
     assert report["images"] == {"train": 15, "val": 6, "gate": 3, "test": 6}
     meta = json.loads((project.path / "data/processed/meta.json").read_text())
     assert meta["input_shape"] == [16, 16, 3]
+    # Each split is one uint8 .npy of exactly its survivors: the truncated file, decoded
+    # after the split was drawn, left no empty row behind.
+    processed = project.path / "data/processed"
+    for split, n in report["images"].items():
+        x = np.load(processed / f"{split}_x.npy", mmap_mode="r")
+        assert x.dtype == np.uint8 and x.shape == (n, 16, 16, 3)
+        assert (processed / f"{split}_x.npy").stat().st_size == x.offset + x.nbytes
+        assert x.reshape(n, -1).max(axis=1).min() > 0  # no blank (never written) row
+        assert len(np.load(processed / f"{split}_y.npy")) == n
+    assert sum(report["images"].values()) == 30
 
 
 def test_preprocess_without_download_says_what_to_run(project):

@@ -10,6 +10,7 @@ import pytest
 
 from pipeline import presets
 from pipeline.errors import PipelineError
+from pipeline.model_input import PIXELS_LAYER, takes_pixels
 from pipeline.presets import PRESET_NAMES, build_preset, default_input_shape
 
 RELU, FLATTEN, BN = ("ReLU",), ("Flatten",), ("BatchNormalization",)
@@ -48,10 +49,10 @@ def describe(layer):
 
 
 def describe_model(model):
-    """Descriptions of every layer but the input, in order."""
-    return [
-        describe(layer) for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)
-    ]
+    """Descriptions of every layer after the input and its 0-255 rescaling, in order."""
+    assert takes_pixels(model)
+    body = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    return [describe(layer) for layer in body[1:]]
 
 
 def assert_chain(model, names):
@@ -127,11 +128,25 @@ def test_every_preset_builds_at_its_default_shape_and_outputs_probabilities(name
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["seed_cnn", "lenet5"])
+def test_presets_take_0_255_pixels_and_rescale_them_first(name):
+    model = build_preset(name, num_classes=4)
+    assert takes_pixels(model)
+    shape = default_input_shape(name)
+    pixels = np.random.default_rng(1).integers(0, 256, (3, *shape)).astype(np.float32)
+    body = keras.Model(model.get_layer(PIXELS_LAYER).output, model.output)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model(pixels, training=False)),
+        keras.ops.convert_to_numpy(body(pixels / 255.0, training=False)),
+        rtol=1e-5, atol=1e-6,
+    )  # fmt: skip
+
+
 def test_input_shape_and_class_count_are_honoured():
     model = build_preset("lenet5", (32, 32, 3), num_classes=5)
     assert model.input_shape == (None, 32, 32, 3)
     assert model.output_shape == (None, 5)
-    assert model.layers[1].count_params() == (25 * 3 + 1) * 6
+    assert model.layers[2].count_params() == (25 * 3 + 1) * 6  # after input and rescaling
 
 
 def check_resnet_block(model, name, filters, stride, block_input, convolutional):
@@ -250,7 +265,7 @@ def test_xception_has_the_specified_flows_and_keeps_32x32_above_zero():
     model = build_preset("xception", num_classes=10)
     body = describe_model(model)
     assert body[:6] == [conv(32, 3, 2), BN, RELU, conv(64, 3), BN, RELU]
-    assert tuple(model.layers[6].output.shape) == (None, 13, 13, 64)  # 32 -> 15 -> 13
+    assert tuple(model.layers[7].output.shape) == (None, 13, 13, 64)  # 32 -> 15 -> 13
 
     for i, (width, side) in enumerate(((128, 7), (256, 4), (728, 2)), start=1):
         check_xception_downsampling(model, f"entry_block{i}", (width, width), side, i > 1)

@@ -7,8 +7,10 @@ import pytest
 
 from pipeline import register
 from pipeline.errors import DataError
+from pipeline.model_input import pixel_inputs
 from pipeline.registry.gate import decide
 from pipeline.registry.mcnemar import mcnemar
+from tests import conftest
 
 CLASSES = ["alpha", "beta", "gamma"]
 SHAPE = (8, 8, 1)
@@ -23,17 +25,17 @@ def templates() -> np.ndarray:
 
 
 def make_split(n: int = 60, seed: int = 0, y=None):
-    """``n`` images, classes in turn (or the labels ``y``): template plus noise."""
+    """``n`` uint8 images, classes in turn (or the labels ``y``): template plus noise."""
     rng = np.random.default_rng(seed)
     y = np.arange(n) % 3 if y is None else np.asarray(y)
     n = len(y)
     x = 0.3 * rng.random((n,) + SHAPE, dtype=np.float32)
     x += 0.7 * templates().T[y].reshape((n,) + SHAPE)
-    return np.clip(x, 0, 1).astype(np.float32), y.astype(np.int64)
+    return np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8), y.astype(np.int64)
 
 
 def build_model(kind: str):
-    """A Flatten+Dense softmax classifier with hand-set weights.
+    """A Rescaling+Flatten+Dense softmax classifier (0-255 pixels in) with hand-set weights.
 
     good: ~100% accuracy; medium: class 2 predicted as 1 (~67%); bad: every class wrong.
     """
@@ -47,9 +49,9 @@ def build_model(kind: str):
         w = w[:, [1, 2, 0]]
     elif kind != "good":
         raise ValueError(kind)
-    model = keras.Sequential(
-        [keras.Input(SHAPE), keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")]
-    )
+    inputs, x = pixel_inputs(SHAPE)  # 0-255 pixels in, as every pipeline model
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(x))
+    model = keras.Model(inputs, outputs)
     model.layers[-1].set_weights([w, np.zeros(3, np.float32)])
     return model
 
@@ -57,13 +59,9 @@ def build_model(kind: str):
 def write_processed(root, gate=None, test=None, with_gate=True):
     """data/processed as preprocess writes it: gate and test splits (60 images each by
     default) and meta.json. ``with_gate=False``: a folder from before the gate split."""
-    out = root / "data" / "processed"
-    out.mkdir(parents=True, exist_ok=True)
     splits = {"test": make_split(seed=1) if test is None else test}
     if with_gate:
         splits["gate"] = make_split() if gate is None else gate
-    for name, (x, y) in splits.items():
-        np.savez(out / f"{name}.npz", x=x, y=y)
     meta = {
         "dataset": "digits",
         "class_names": CLASSES,
@@ -73,7 +71,7 @@ def write_processed(root, gate=None, test=None, with_gate=True):
         "source_checksums": {"digits.csv": "0" * 64},
         "preprocess": {"image_size": None, "color_mode": "auto"},
     }
-    (out / "meta.json").write_text(json.dumps(meta))
+    conftest.write_processed(root / "data" / "processed", splits, meta)
 
 
 def write_candidate(root, kind: str, accuracy=None, run_id=None):
@@ -83,7 +81,7 @@ def write_candidate(root, kind: str, accuracy=None, run_id=None):
     model = build_model(kind)
     model.save(root / "models" / "model.keras")
     if accuracy is None:
-        x, y = np.load(root / "data/processed/test.npz").values()
+        x, y = conftest.read_processed(root / "data/processed", "test")
         accuracy = float((model.predict(x, verbose=0).argmax(1) == y).mean())
     info = {"source": "test", "family": kind, "class_names": CLASSES, "mlflow_run_id": run_id}
     (root / "models" / "model_info.json").write_text(json.dumps(info))
@@ -237,7 +235,6 @@ def test_processed_folder_without_gate_split_is_one_line_error(reg_project):
 
     write_candidate(reg_project.path, "good")
     write_processed(reg_project.path, with_gate=False)  # as preprocess wrote it before
-    (reg_project.path / "data/processed/gate.npz").unlink()
     done = run_cli("register", cwd=reg_project.path, env={"MLFLOW_TRACKING_URI": ""})
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()

@@ -57,17 +57,21 @@ def test_mlflow_models_serve_champion(project, monkeypatch, tmp_path):
         except AssertionError:
             log.flush()
             raise AssertionError((tmp_path / "serve.log").read_text()[-4000:]) from None
-        x = np.stack([templates()[:, k].reshape(8, 8, 1) for k in (2, 0, 1)])
-        answer = post(url, {"inputs": x.tolist()})
+        # 0-255 pixels, as the splits store them (JSON integers; MLflow casts them to uint8).
+        x = np.stack([templates()[:, k].reshape(8, 8, 1) for k in (2, 0, 1)]) * 255
+        answer = post(url, {"inputs": x.astype(int).tolist()})
         rows = answer["predictions"]
         assert [r["label"] for r in rows] == ["gamma", "alpha", "beta"]
         for r in rows:
             assert set(r["probabilities"]) == set(CLASSES)
             assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
             assert r["probability"] == pytest.approx(max(r["probabilities"].values()))
-        # 0-255 pixels are accepted too.
-        pixels = post(url, {"inputs": (x[:1] * 255).tolist()})["predictions"]
+        # 0-255 numbers as JSON floats too; a dark image is not rescaled by a guess.
+        pixels = post(url, {"inputs": (x[:1] * 0.1).tolist()})["predictions"]
         assert pixels[0]["label"] == "gamma"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            post(url, {"inputs": (x[:1] + 300).tolist()})
+        assert refused.value.code == 400
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, 15)

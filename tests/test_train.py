@@ -143,10 +143,9 @@ def test_trains_the_tuned_configuration_and_writes_every_output(proj, capsys):
 
 
 def read_processed(split: str):
-    import numpy as np
+    from tests.conftest import read_processed as read
 
-    with np.load(paths.PROCESSED / f"{split}.npz", allow_pickle=False) as npz:
-        return npz["x"]
+    return read(paths.PROCESSED, split)[0]
 
 
 def test_resume_after_an_interruption_continues_at_the_next_epoch(proj, capsys):

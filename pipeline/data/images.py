@@ -1,12 +1,16 @@
 """Decoding a folder of class sub-folders of images, whatever their sizes and modes.
 
 Undecodable files are skipped and listed with their reason, never a crash. Images are
-converted to one mode and one size (the ``preprocess`` params, or the most common size).
+turned upright (EXIF) and converted to one mode and one size (``preprocess.image_size``, or
+one chosen from the data and the machine: ``pipeline.data.sizing``).
+Two passes: ``scan_folder`` lists the files and reads only their headers; ``decode_files``
+then decodes them one at a time, so a folder of any size is never held in memory.
 """
 
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,7 @@ from PIL import Image
 
 from pipeline.console import log
 from pipeline.data.decode import Decoded
+from pipeline.data.sizing import choose_image_size, upright, upright_size
 from pipeline.errors import DataError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
@@ -43,7 +48,9 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def convert_image(img: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:
-    """One PIL image to uint8 (H, W, C): mode to L or RGB (alpha flattened), resized if needed."""
+    """One PIL image to uint8 (H, W, C): turned upright (EXIF), mode to L or RGB (alpha
+    flattened), resized if needed."""
+    img = upright(img)  # before anything else: the size and crop of a sideways photo differ
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -57,13 +64,28 @@ def convert_image(img: Image.Image, size: tuple[int, int], channels: int) -> np.
     return arr[..., None] if channels == 1 else arr
 
 
-def decode_folder(
+@dataclass
+class FolderScan:
+    """Pass 1 over a folder: the decodable files, their labels, and the size and mode chosen."""
+
+    root: Path
+    classes: list[str]
+    files: list[Path]
+    labels: np.ndarray
+    size: tuple[int, int]
+    channels: int
+    skipped: list[dict]
+    conversions: dict
+    headers: list[tuple[tuple[int, int], str]] = field(default_factory=list)  # (w, h), mode
+
+
+def scan_folder(
     root: Path,
     image_size: tuple[int, int] | None,
     color_mode: str,
     log: Callable[[str], None] = log,
-) -> Decoded:
-    """Decode ``root/<class>/**/<image>`` into arrays; labels follow sorted class names."""
+) -> FolderScan:
+    """List ``root/<class>/**/<image>`` and read headers only; labels follow sorted class names."""
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     empty = [c for c in classes if not image_files(root / c)]
     if empty:
@@ -80,49 +102,82 @@ def decode_folder(
     for path, label in files:
         try:
             with Image.open(path) as img:
-                headers.append((path, label, img.size, img.mode))
+                headers.append((path, label, upright_size(img), img.mode))
         except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise many types on bad files
             skipped.append({"path": str(path.relative_to(root)), "reason": _reason(exc)})
     if not headers:
         raise DataError(f"{root}: none of the {len(files)} image files could be decoded")
     sizes = Counter((h, w) for _, _, (w, h), _ in headers)
-    size = tuple(image_size) if image_size else sizes.most_common(1)[0][0]
+    size, size_reason = choose_image_size([wh for _, _, wh, _ in headers], image_size)
     if color_mode == "auto":
         channels = 1 if all(_is_gray(m) for *_, m in headers) else 3
     else:
         channels = 1 if color_mode == "grayscale" else 3
-
-    # Pass 2: full decode; a truncated file only fails here.
-    xs, ys, resized, mode_changed = [], [], 0, 0
-    for i, (path, label, (w, h), mode) in enumerate(headers, 1):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path) as img:
-                    img.load()
-                    xs.append(convert_image(img, size, channels))
-        except Exception as exc:  # noqa: BLE001 - any decode failure skips the file
-            skipped.append({"path": str(path.relative_to(root)), "reason": _reason(exc)})
-            continue
-        ys.append(label)
-        resized += (h, w) != size
-        mode_changed += mode != ("L" if channels == 1 else "RGB")
-        if i % 500 == 0 or i == len(headers):
-            log(f"preprocess: decoded {i}/{len(headers)} images")
-    survivors = set(ys)
-    lost = [c for i, c in enumerate(classes) if i not in survivors]
-    if lost:
-        raise DataError(f"{root}: every image of class(es) {', '.join(lost)} failed to decode")
+    log(f"preprocess: {len(headers)} images in {len(classes)} classes")
+    log(f"preprocess: image size {size[0]}x{size[1]} ({size_reason})")
     conversions = {
         "target_size": list(size),
+        "size_reason": size_reason,
         "channels": channels,
-        "resized": resized,
-        "mode_converted": mode_changed,
+        "resized": 0,
+        "mode_converted": 0,
         "source_sizes": {f"{h}x{w}": n for (h, w), n in sizes.most_common()},
     }
+    return FolderScan(
+        root, classes, [p for p, *_ in headers],
+        np.asarray([label for _, label, *_ in headers], dtype=np.int64), size, channels,
+        skipped, conversions, [(wh, mode) for *_, wh, mode in headers],
+    )  # fmt: skip
+
+
+def decode_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
+    """One image file to uint8 ``(H, W, C)``; raises whatever Pillow raises on a bad file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            img.load()
+            return convert_image(img, size, channels)
+
+
+def decode_files(
+    scan: FolderScan, positions, log: Callable[[str], None] = log
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Pass 2: ``(position, image)`` for the files at ``positions`` that decode, one at a time.
+
+    A file that fails (a truncated one only fails here) is added to ``scan.skipped``.
+    """
+    target_mode = "L" if scan.channels == 1 else "RGB"
+    for done, i in enumerate(positions, 1):
+        path = scan.files[i]
+        try:
+            image = decode_image(path, scan.size, scan.channels)
+        except Exception as exc:  # noqa: BLE001 - any decode failure skips the file
+            scan.skipped.append({"path": str(path.relative_to(scan.root)), "reason": _reason(exc)})
+            continue
+        (w, h), mode = scan.headers[i]
+        scan.conversions["resized"] += (h, w) != tuple(scan.size)
+        scan.conversions["mode_converted"] += mode != target_mode
+        if done % 500 == 0:
+            log(f"preprocess: decoded {done}/{len(positions)} images of this split")
+        yield i, image
+
+
+def decode_folder(
+    root: Path,
+    image_size: tuple[int, int] | None,
+    color_mode: str,
+    log: Callable[[str], None] = log,
+) -> Decoded:
+    """A small folder decoded into arrays in memory (tests, tools); preprocess streams instead."""
+    scan = scan_folder(root, image_size, color_mode, log)
+    decoded = list(decode_files(scan, range(len(scan.files)), log))
+    survivors = {int(scan.labels[i]) for i, _ in decoded}
+    lost = [c for i, c in enumerate(scan.classes) if i not in survivors]
+    if lost:
+        raise DataError(f"{root}: every image of class(es) {', '.join(lost)} failed to decode")
     return Decoded(
-        np.stack(xs), np.asarray(ys, dtype=np.int64), classes,
-        skipped=sorted(skipped, key=lambda s: s["path"]), conversions=conversions,
+        np.stack([im for _, im in decoded]), scan.labels[[i for i, _ in decoded]], scan.classes,
+        skipped=sorted(scan.skipped, key=lambda s: s["path"]), conversions=scan.conversions,
     )  # fmt: skip
 
 

@@ -1,24 +1,65 @@
-"""The processed splits as model input: loaded once, cached, shuffled, batched, prefetched."""
+"""The processed splits as every stage reads them: uint8 images on disk, labels, ``meta.json``.
 
-from dataclasses import dataclass
+Nothing here loads a split whole unless it is small (``CACHE_BYTES``); the batches for
+``fit`` and ``predict`` come from ``pipeline.data.loader``.
+"""
+
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import paths
+from pipeline.data import store
 from pipeline.errors import DataError
 from pipeline.fileio import read_json
 
+CACHE_BYTES = 64 << 20  # a split up to this size (Fashion-MNIST train: 38 MB) is read into RAM once
 
-@dataclass(frozen=True)
+
+class Split:
+    """One split: images (on disk, or cached in RAM), labels, and the rows in use."""
+
+    def __init__(self, name: str, x, labels: np.ndarray, rows: np.ndarray | None = None):
+        self.name = name
+        self.x = x  # store.Rows, or an in-memory uint8 array
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self.y = labels if self.rows is None else labels[self.rows]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.x.shape[1:])
+
+    def images(self, positions) -> np.ndarray:
+        """uint8 images at ``positions`` (0..len-1) of this split."""
+        positions = np.asarray(positions, dtype=np.int64)
+        rows = positions if self.rows is None else self.rows[positions]
+        if isinstance(self.x, store.Rows):
+            return self.x.take(rows)
+        return self.x[rows]
+
+    def __getitem__(self, key) -> np.ndarray:
+        """One image (``split[i]``) or several (``split[:2]``), as uint8."""
+        if isinstance(key, slice):
+            return self.images(np.arange(len(self))[key])
+        return self.images([key])[0]
+
+    def cached(self, limit: int = CACHE_BYTES) -> "Split":
+        """This split with its images in RAM when they fit ``limit`` bytes, else itself."""
+        if not isinstance(self.x, store.Rows) or len(self) * self.x.row_bytes > limit:
+            return self
+        if self.rows is None:
+            return Split(self.name, self.x.read_all(), self.y)
+        return Split(self.name, self.x.take(self.rows), self.y)
+
+
 class Splits:
-    """Train and validation arrays plus what the model needs to know about them."""
+    """Train and validation splits plus what the model needs to know about them."""
 
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    meta: dict
+    def __init__(self, train: Split, val: Split, meta: dict):
+        self.train, self.val, self.meta = train, val, meta
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -29,74 +70,50 @@ class Splits:
         return int(self.meta["num_classes"])
 
 
-def load_split(name: str, folder: Path = paths.PROCESSED) -> tuple[np.ndarray, np.ndarray]:
-    """``x``, ``y`` of ``folder/<name>.npz``; a clear DataError when missing or damaged."""
-    path = Path(folder) / f"{name}.npz"
-    if not path.is_file():
-        raise DataError(
-            f"{path}: missing; run `python -m pipeline preprocess` (or `dvc repro`) first"
-        )
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return npz["x"], npz["y"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"{path}: unreadable ({exc}); rerun the preprocess stage") from None
-
-
 def load_meta(folder: Path = paths.PROCESSED) -> dict:
-    """``meta.json`` of the processed data."""
-    return read_json(
+    """``meta.json`` of the processed data; DataError when it is of an older format."""
+    meta = read_json(
         Path(folder) / paths.META_FILE,
         "rerun the preprocess stage",
         missing="run `python -m pipeline preprocess` (or `dvc repro`) first",
     )
+    if meta.get("format") != store.FORMAT:
+        raise DataError(
+            f"{folder}: processed data of an older format (float32 .npz, loaded whole); "
+            "rerun `python -m pipeline preprocess` (or `dvc repro -f preprocess`)"
+        )
+    return meta
+
+
+def load_split(name: str, folder: Path = paths.PROCESSED) -> Split:
+    """Split ``name`` of ``folder``, its images left on disk; DataError when missing or damaged."""
+    folder = Path(folder)
+    x_path = folder / store.x_file(name)
+    if not x_path.is_file():
+        if (folder / f"{name}.npz").is_file():
+            load_meta(folder)  # the older-format message
+        raise DataError(
+            f"{x_path}: missing; run `python -m pipeline preprocess` (or `dvc repro`) first"
+        )
+    x = store.Rows(x_path)
+    return Split(name, x, store.read_labels(folder / store.y_file(name), len(x)))
 
 
 def load_splits(
-    folder: Path = paths.PROCESSED, max_train_samples: int | None = None, seed: int = 0
+    folder: Path = paths.PROCESSED,
+    max_train_samples: int | None = None,
+    seed: int = 0,
+    cache_bytes: int = CACHE_BYTES,
 ) -> Splits:
-    """Train and val splits; with ``max_train_samples``, a seeded stratified-ish subset."""
+    """Train and val; with ``max_train_samples``, a seeded random subset of train's rows."""
     meta = load_meta(folder)
-    x_train, y_train = load_split("train", folder)
-    x_val, y_val = load_split("val", folder)
-    if max_train_samples is not None and max_train_samples < len(y_train):
-        # A random subset keeps the class mix close to the full split's in expectation.
-        keep = np.sort(np.random.default_rng(seed).permutation(len(y_train))[:max_train_samples])
-        x_train, y_train = x_train[keep], y_train[keep]
-    return Splits(x_train, y_train, x_val, y_val, meta)
-
-
-def as_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int):
-    """A ``tf.data`` pipeline (cache, shuffle, batch, prefetch) on the TensorFlow backend.
-
-    Other backends get the arrays back: Keras batches and shuffles them itself.
-    """
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        return x, y
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
-    if shuffle:
-        ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def fit_inputs(splits: Splits, batch_size: int, seed: int) -> dict:
-    """Keyword arguments for ``model.fit``: training data, validation data, batch size."""
-    train = as_dataset(splits.x_train, splits.y_train, batch_size, shuffle=True, seed=seed)
-    val = as_dataset(splits.x_val, splits.y_val, batch_size, shuffle=False, seed=seed)
-    if isinstance(train, tuple):
-        return {
-            "x": train[0],
-            "y": train[1],
-            "validation_data": val,
-            "batch_size": batch_size,
-            "shuffle": True,
-        }
-    # The dataset shuffles itself; Keras' own shuffle flag only applies to arrays.
-    return {"x": train, "validation_data": val, "shuffle": False}
+    train, val = load_split("train", folder), load_split("val", folder)
+    if max_train_samples is not None and max_train_samples < len(train):
+        # A random subset keeps the class mix close to the full split's in expectation;
+        # it is a list of row numbers, the images stay where they are.
+        keep = np.sort(np.random.default_rng(seed).permutation(len(train))[:max_train_samples])
+        train = Split("train", train.x, train.y, keep)
+    return Splits(train.cached(cache_bytes), val.cached(cache_bytes), meta)
 
 
 def steps_per_epoch(num_samples: int, batch_size: int) -> int:

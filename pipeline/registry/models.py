@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import DataError, PipelineError
+from pipeline.model_input import old_model_message, takes_pixels, with_pixel_input
 
 PYFUNC_PATH = "classifier"  # run artifact path of the registered (pyfunc) model
 KERAS_PATH = "keras_model"  # run artifact path of the Keras-flavour copy
@@ -24,8 +25,12 @@ PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 CLASS_NAMES_FILE = "class_names.json"
 
 
-def load_keras(path: Path):
-    """The Keras model at ``path`` (safe mode, not compiled); DataError if it cannot load."""
+def load_keras(path: Path, old_convention: str = "refuse"):
+    """The Keras model at ``path`` (safe mode, not compiled); DataError if it cannot load.
+
+    A model from before models took 0-255 pixels (``pipeline.model_input``) is refused with
+    one line, or with ``old_convention="wrap"`` put behind the rescaling layer it lacks.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: missing; run `python -m pipeline train` (or `dvc repro`) first")
@@ -33,12 +38,17 @@ def load_keras(path: Path):
 
     keras = import_keras()
     try:
-        return keras.models.load_model(path, compile=False, safe_mode=True)
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise DataError(
             f"{path}: cannot load the Keras model ({first}); rerun `python -m pipeline train`"
         ) from None
+    if takes_pixels(model):
+        return model
+    if old_convention == "wrap":
+        return with_pixel_input(model)
+    raise DataError(old_model_message(path))
 
 
 def input_shape(model) -> tuple[int, ...]:
@@ -46,8 +56,10 @@ def input_shape(model) -> tuple[int, ...]:
 
 
 def predict_probs(model, x: np.ndarray, what: str) -> np.ndarray:
-    """Softmax outputs for ``x``; PipelineError if any is NaN or infinite."""
-    probs = np.asarray(model.predict(x, batch_size=256, verbose=0), dtype=np.float64)
+    """Softmax outputs for ``x`` (an array or a streamed split); PipelineError on NaN or inf."""
+    from pipeline.data import loader
+
+    probs = np.asarray(loader.predict(model, x, batch_size=256), dtype=np.float64)
     if probs.ndim != 2 or probs.shape[0] != len(x):
         raise PipelineError(f"{what}: unexpected output shape {probs.shape} for {len(x)} inputs")
     if not np.all(np.isfinite(probs)):
@@ -69,15 +81,21 @@ def pip_requirements() -> list[str]:
 def save_models(
     model_file: Path, class_names: list[str], example: np.ndarray, out: Path
 ) -> tuple[Path, Path]:
-    """Write the pyfunc and Keras-flavour models into ``out``; return both folders."""
+    """Write the pyfunc and Keras-flavour models into ``out``; return both folders.
+
+    Both take uint8 pixels, as the splits store them (``example``: a few of them). Over
+    HTTP, MLflow casts JSON numbers to uint8 and refuses any outside 0-255; in-process
+    callers pass uint8 arrays.
+    """
     import keras
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
     out = Path(out)
+    example = np.asarray(example).astype(np.uint8)
     shape = (-1, *example.shape[1:])
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), shape)]))
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), shape)]))
     names = out / CLASS_NAMES_FILE
     names.write_text(json.dumps(list(class_names)))
     pyfunc_dir = out / PYFUNC_PATH

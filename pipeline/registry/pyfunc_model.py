@@ -5,9 +5,12 @@ imports nothing from the pipeline package and works from any working directory, 
 ``mlflow models serve --env-manager local``. Its artifacts are ``model.keras`` (loaded in
 Keras safe mode, never compiled) and ``class_names.json``.
 
-Input: images ``(N, H, W, C)`` or one ``(H, W, C)``, floats in [0, 1]; values above 1 are
-read as 0-255 pixels. Output: one row per image with ``label``, ``probability`` and the
-``probabilities`` of every class.
+Input: images ``(N, H, W, C)`` or one ``(H, W, C)`` of 0-255 pixels: uint8 arrays, or JSON
+numbers that MLflow casts to the uint8 signature (refusing any outside 0-255); the Keras
+model rescales them in its first layer, so nothing is guessed from the values (a dark image
+stays dark). Output: one row per image with ``label``, ``probability``
+and the ``probabilities`` of every class. A model trained before models took 0-255 pixels
+(no ``pixels_0_255`` rescaling after its input) is refused when loaded.
 """
 
 import json
@@ -18,10 +21,11 @@ import pandas as pd
 
 KERAS_ARTIFACT = "keras_model"
 CLASSES_ARTIFACT = "class_names"
+PIXELS_LAYER = "pixels_0_255"  # pipeline.model_input.PIXELS_LAYER; this file imports no pipeline
 
 
-def scale_images(x, input_shape) -> np.ndarray:
-    """``x`` as float32 ``(N, H, W, C)`` in [0, 1]; ValueError with the reason otherwise."""
+def as_pixels(x, input_shape) -> np.ndarray:
+    """``x`` as float32 ``(N, H, W, C)`` 0-255 pixels, unscaled; ValueError with the reason."""
     x = np.asarray(x)
     shape = tuple(int(d) for d in input_shape)
     if x.ndim == len(shape) and shape[-1] == 1 and x.shape[-1] != 1:
@@ -33,15 +37,20 @@ def scale_images(x, input_shape) -> np.ndarray:
             f"input of shape {tuple(x.shape)}; expected (N, {', '.join(map(str, shape))}) "
             f"or ({', '.join(map(str, shape))})"
         )
-    integer = np.issubdtype(x.dtype, np.integer)
     x = x.astype(np.float32)
     if x.size and not np.all(np.isfinite(x)):
         raise ValueError("input has NaN or infinite values")
     if x.size and (x.min() < 0 or x.max() > 255):
-        raise ValueError("input values outside [0, 1] (or 0-255 pixels)")
-    if integer or (x.size and x.max() > 1.0):
-        x = x / np.float32(255.0)
+        raise ValueError("input values outside 0-255; send pixels as stored (uint8 or 0-255)")
     return x
+
+
+def takes_pixels(model) -> bool:
+    """Whether the first layer after ``model``'s input is the pipeline's 0-255 rescaling."""
+    import keras
+
+    first = next((la for la in model.layers if not isinstance(la, keras.layers.InputLayer)), None)
+    return isinstance(first, keras.layers.Rescaling) and first.name == PIXELS_LAYER
 
 
 def rows(probs: np.ndarray, class_names: list[str]) -> list[dict]:
@@ -65,9 +74,12 @@ class KerasImageClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         import keras
 
-        self.model = keras.models.load_model(
-            context.artifacts[KERAS_ARTIFACT], compile=False, safe_mode=True
-        )
+        path = context.artifacts[KERAS_ARTIFACT]
+        self.model = keras.models.load_model(path, compile=False, safe_mode=True)
+        if not takes_pixels(self.model):  # it expects [0, 1]: pixels would be misread
+            raise ValueError(
+                f"{path}: trained before models took 0-255 pixels; retrain with `dvc repro`"
+            )
         with open(context.artifacts[CLASSES_ARTIFACT]) as f:
             self.class_names = [str(c) for c in json.load(f)]
         self.input_shape = tuple(self.model.input_shape[1:])
@@ -78,7 +90,7 @@ class KerasImageClassifier(mlflow.pyfunc.PythonModel):
             model_input = np.stack([np.asarray(v) for v in model_input.iloc[:, 0]])
         elif isinstance(model_input, dict):
             model_input = next(iter(model_input.values()))
-        x = scale_images(model_input, self.input_shape)
+        x = as_pixels(model_input, self.input_shape)
         probs = self.model.predict(x, batch_size=256, verbose=0) if len(x) else np.zeros((0, 1))
         return pd.DataFrame(
             rows(probs, self.class_names), columns=["label", "probability", "probabilities"]
@@ -86,6 +98,6 @@ class KerasImageClassifier(mlflow.pyfunc.PythonModel):
 
 
 # MLflow runs this file under a generated module name to get the model; imported as part of
-# the pipeline package (predict reuses scale_images), it must not set MLflow's global model.
+# the pipeline package (predict reuses as_pixels), it must not set MLflow's global model.
 if __name__ != "pipeline.registry.pyfunc_model":
     mlflow.models.set_model(KerasImageClassifier())

@@ -128,7 +128,9 @@ def misclassified_png(
     for ax in axes:
         ax.axis("off")
     for ax, i in zip(axes, chosen, strict=False):
-        image = np.clip(x[i], 0.0, 1.0)
+        image = np.asarray(x[i])  # uint8 pixels (a split), or floats in [0, 1]
+        scale = 255.0 if np.issubdtype(image.dtype, np.integer) else 1.0
+        image = np.clip(image / scale, 0.0, 1.0)
         if image.ndim == 3 and image.shape[-1] == 1:
             ax.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
         elif image.ndim == 2:

@@ -15,6 +15,7 @@ import keras_tuner
 from keras import layers
 
 from pipeline.families import get_builder
+from pipeline.model_input import pixel_inputs
 from pipeline.search.losses import classification_loss
 from pipeline.search.optimizers import build_optimizer
 from pipeline.search.space import BUILDER_COMMON, Augmentation, Hyperparameter, SearchSpace
@@ -94,6 +95,8 @@ def _optimizer_hp_name(key: str) -> str:
 class CNNHyperModel(keras_tuner.HyperModel):
     """Picks a family, builds it from the space's values, and compiles it.
 
+    Every model takes 0-255 pixels: ``Input -> Rescaling(1/255) -> [augmentation] -> family``.
+
     Args:
         space: The loaded search space.
         input_shape: One image's (height, width, channels).
@@ -151,14 +154,13 @@ class CNNHyperModel(keras_tuner.HyperModel):
         """Build and compile the trial's model."""
         family, family_values, common, opt = self._register_space(hp, only_active=True)
         builder_values = {**family_values, **{k: common[k] for k in BUILDER_COMMON}}
-        model = get_builder(family)(builder_values, self.input_shape, self.num_classes)
+        family_model = get_builder(family)(builder_values, self.input_shape, self.num_classes)
+        # 0-255 pixels in, rescaled by the model itself; augmentation (training only) next.
+        inputs, x = pixel_inputs(self.input_shape)
         if common["augment"]:
-            augment = augmentation_layers(self.space.augmentations_for(self.dataset))
-            inputs = keras.Input(self.input_shape)
-            x = inputs
-            for layer in augment:
+            for layer in augmentation_layers(self.space.augmentations_for(self.dataset)):
                 x = layer(x)
-            model = keras.Model(inputs, model(x), name=family)
+        model = keras.Model(inputs, family_model(x), name=family)
         model.compile(
             optimizer=build_optimizer(
                 opt["name"],

@@ -1,7 +1,7 @@
 """One run of the train stage: rebuild (or pick a preset), train resumably, write outputs.
 
-Outputs: ``models/model.keras`` (float32 NHWC in [0, 1] in, softmax over the classes in
-``meta.json``'s order out), ``models/saved_model/`` (TensorFlow backend only),
+Outputs: ``models/model.keras`` (NHWC 0-255 pixels in, rescaled by its first layer; softmax
+over the classes in ``meta.json``'s order out), ``models/saved_model/`` (TensorFlow backend only),
 ``models/model_info.json`` and ``reports/train_history.csv``; one MLflow run per call.
 """
 
@@ -16,6 +16,7 @@ from pipeline import atomic, paths, tracking
 from pipeline.config import Params
 from pipeline.console import log
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.model_input import INPUT_PIXELS
 from pipeline.redact import redact
 from pipeline.training import plan as plans
 from pipeline.training.backup import HISTORY_COLUMNS, Backup, best_epoch, history_text
@@ -155,11 +156,12 @@ def train(
 def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, export):
     import keras
 
-    from pipeline.data.splits import fit_inputs, steps_per_epoch
+    from pipeline.data.loader import fit_inputs
+    from pipeline.data.splits import steps_per_epoch
     from pipeline.training.callbacks import EpochRecorder
 
     train_params = params.train
-    steps = steps_per_epoch(len(splits.y_train), train_params.batch_size)
+    steps = steps_per_epoch(len(splits.train), train_params.batch_size)
     model = build_model(plan, meta, params, steps)
     backup = Backup(fingerprint)
     done = backup.open()
@@ -181,13 +183,13 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
     recorder = EpochRecorder(backup, train_params.epochs, patience, client, run_id)
     finished = done >= train_params.epochs or recorder.should_stop() or _nan_stopped(backup)
     what = f"{plan.name} ({params_count:,} params)"
-    where = f"{len(splits.y_train)} training / {len(splits.y_val)} validation images"
+    where = f"{len(splits.train)} training / {len(splits.val)} validation images"
     if finished:
         log(f"train: the backup holds a finished training of {what} ({done} epochs); saving it")
     else:
         resume = f", resuming after epoch {done}" if done else ""
         log(f"train: {what} on {where}, up to {train_params.epochs} epochs{resume}")
-        fit = fit_inputs(splits, train_params.batch_size, train_params.seed)
+        fit = fit_inputs(splits, train_params.batch_size, train_params.seed, initial_epoch=done)
         model.fit(
             epochs=train_params.epochs,
             initial_epoch=done,
@@ -232,6 +234,7 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
         "dataset": params.data.dataset,
         "class_names": meta.get("class_names"),
         "input_shape": list(meta["input_shape"]),
+        "input_pixels": INPUT_PIXELS,  # what model.keras takes (its first layer rescales)
         "num_classes": int(meta["num_classes"]),
         "mlflow_run_id": None,
         "mlflow_experiment_id": None,

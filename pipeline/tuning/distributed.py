@@ -237,7 +237,8 @@ def _find_parent(client, exp_id: str) -> str:
 
 def run_worker(params: Params) -> int:
     """Take trials from the chief until it says stop."""
-    from pipeline.data.splits import fit_inputs, load_splits
+    from pipeline.data.loader import fit_inputs
+    from pipeline.data.splits import load_splits
 
     exit_with_chief()
     session = worker_session(params)

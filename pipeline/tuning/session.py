@@ -242,7 +242,7 @@ def build_tuner(session: Session, splits, worker: bool = False):
         splits.num_classes,
         dataset=session.dataset,
         max_params=tune.max_params,
-        total_steps=steps_per_epoch(len(splits.y_train), tune.batch_size) * tune.max_epochs,
+        total_steps=steps_per_epoch(len(splits.train), tune.batch_size) * tune.max_epochs,
         jit_compile=jit,
     )
     oracle = make_oracle(tune, session.deadline)

@@ -1,0 +1,106 @@
+"""Geometry of photo folders: EXIF orientation, and the default resolution.
+
+Phone cameras store the pixels sideways and record the turn in the EXIF Orientation tag, so
+every image is turned upright before anything else (``upright``), and the header pass counts
+the upright size (``upright_size``) without decoding pixels. With ``preprocess.image_size``
+null, ``choose_image_size`` takes the median source height and width, shrunk (keeping that
+aspect ratio) until the longer side fits what the machine can train in a budget: 128 px
+without a GPU, 224 px with one. GPUs are found without importing TensorFlow or JAX.
+"""
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from statistics import median_low
+
+from PIL import Image, ImageOps
+
+ORIENTATION_TAG = 0x0112
+_SIDEWAYS = {5, 6, 7, 8}  # the orientations that swap width and height
+CPU_MAX_SIDE = 128  # a few thousand images train in minutes per epoch on two cores
+GPU_MAX_SIDE = 224  # the size ImageNet backbones are built for
+MIN_SIDE = 8  # the smallest input the families take
+NVIDIA_PROC = Path("/proc/driver/nvidia/gpus")
+
+
+def orientation(img: Image.Image) -> int:
+    """The EXIF orientation of an opened image (1: upright), read from its header."""
+    # A PNG may keep EXIF after the pixels; reading it there would decode the whole image.
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1
+    try:
+        value = img.getexif().get(ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block is no reason to drop the image
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def upright_size(img: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of ``img`` once turned upright, from its header only."""
+    width, height = img.size
+    return (height, width) if orientation(img) in _SIDEWAYS else (width, height)
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF orientation says (itself when it is upright already)."""
+    if orientation(img) == 1:
+        return img
+    return ImageOps.exif_transpose(img)
+
+
+def gpu_count() -> int:
+    """NVIDIA GPUs this process may use: the driver's list, else ``nvidia-smi -L``."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return 0
+    found = len(list(NVIDIA_PROC.iterdir())) if NVIDIA_PROC.is_dir() else 0
+    smi = shutil.which("nvidia-smi")
+    if not found and smi:
+        try:
+            done = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return 0
+        if done.returncode == 0:
+            found = sum(line.startswith("GPU ") for line in done.stdout.splitlines())
+    if visible:
+        found = min(found, len([d for d in visible.split(",") if d.strip()]))
+    return found
+
+
+def machine_max_side() -> tuple[int, str]:
+    """``(longest side, "on a CPU" / "with a GPU")`` this machine trains in a budget."""
+    gpus = gpu_count()
+    if gpus:
+        return GPU_MAX_SIDE, f"with {gpus} GPU{'s' if gpus > 1 else ''}"
+    return CPU_MAX_SIDE, "on a CPU"
+
+
+def choose_image_size(
+    sizes: Sequence[tuple[int, int]],
+    image_size: Sequence[int] | None = None,
+    max_side: tuple[int, str] | None = None,
+) -> tuple[tuple[int, int], str]:
+    """``((height, width), reason)`` for a folder whose upright sizes are ``sizes`` (w, h).
+
+    ``image_size`` (the param) wins. Otherwise the median height and width, scaled down
+    with their aspect ratio kept until the longer side is at most ``max_side``'s (default:
+    ``machine_max_side()``); never scaled up, and no side below ``MIN_SIDE``.
+    """
+    override = "set preprocess.image_size to override"
+    if image_size:
+        height, width = (int(v) for v in image_size)
+        return (height, width), "set by preprocess.image_size"
+    if not sizes:
+        raise ValueError("no image sizes to choose from")
+    cap, where = max_side or machine_max_side()
+    height = median_low([h for _, h in sizes])
+    width = median_low([w for w, _ in sizes])
+    source = f"median source {height}x{width}"
+    if max(height, width) <= cap:
+        size = (max(MIN_SIDE, height), max(MIN_SIDE, width))
+        return size, f"{source}, within the {cap} px cap {where}; {override}"
+    scale = cap / max(height, width)
+    size = (max(MIN_SIDE, round(height * scale)), max(MIN_SIDE, round(width * scale)))
+    return size, f"{source}, capped at {cap} px {where}; {override}"
