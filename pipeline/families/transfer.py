@@ -32,8 +32,6 @@ from pipeline.families.backbones import (
     find_weights,
 )
 
-BACKBONE_LAYER = "backbone"  # the nested keras.applications model's name
-
 
 class NoPretrainedWeights(MissingWeightsError, FailedTrialError):
     """A trial's backbone has no usable weights: the trial fails, the search goes on."""
@@ -54,7 +52,6 @@ def _backbone(name: str, image_shape, source: WeightsSource | None) -> keras.Mod
                 weights=weights,
                 input_shape=image_shape,
                 pooling="avg",
-                name=BACKBONE_LAYER,
             )
     except (ValueError, OSError, UserWarning) as exc:
         if weights is None:
