@@ -14,12 +14,14 @@ import pytest
 import yaml
 
 from pipeline import download, preprocess
+from pipeline.cli import guarded
 from pipeline.errors import PipelineError, SearchFailedError
 from pipeline.families import backbones, transfer
 from pipeline.families.backbones import BACKBONES, MissingWeightsError, WeightsSource
 from pipeline.model_input import takes_pixels
 from pipeline.search import load_search_space
 from pipeline.search.hypermodel import CNNHyperModel
+from pipeline.train import main as train_main
 from pipeline.tune import main as tune_main
 from tests.tune_helpers import ROOT, read_best, tune_params
 
@@ -216,20 +218,42 @@ def _transfer_only_space() -> dict:
     return space
 
 
-def _tune(root, weights_dir):
-    path = tune_params(root, space=_transfer_only_space(), max_trials=1, max_train_samples=256)
+def _use_weights(root, weights_dir) -> None:
+    path = root / "params.yaml"
     params = yaml.safe_load(path.read_text())
     params["pretrained"] = {"weights_dir": str(weights_dir), "download": False}
+    params["train"] = {"epochs": 1, "batch_size": 64}
     path.write_text(yaml.safe_dump(params))
+
+
+def _tune(root, weights_dir):
+    tune_params(root, space=_transfer_only_space(), max_trials=1, max_train_samples=256)
+    _use_weights(root, weights_dir)
     return tune_main(["--params", "params.yaml"])
 
 
-def test_the_tune_stage_searches_the_family_with_a_weights_folder(digits, project, small_weights):
+def test_tune_searches_the_family_and_train_rebuilds_it_with_the_same_weights(
+    digits, project, small_weights, tmp_path, capsys
+):
+    folder, saved = small_weights
     shutil.copytree(digits / "data" / "processed", project.path / "data" / "processed")
-    assert _tune(project.path, small_weights[0]) == 0
+    assert _tune(project.path, folder) == 0
     best = read_best(project.path)
     assert best["family"] == "transfer"
     assert best["hyperparameters"]["transfer/backbone"] == SMALL
+    assert best["hyperparameters"]["transfer/fine_tune"] is False
+
+    # The train stage reads the same pretrained section: without the folder, one line.
+    _use_weights(project.path, tmp_path / "elsewhere")
+    assert guarded(train_main, ["--params", "params.yaml"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: transfer: no ImageNet weights for {SMALL}: put ")
+
+    _use_weights(project.path, folder)
+    assert train_main(["--params", "params.yaml"]) == 0
+    model = keras.saving.load_model(project.path / "models" / "model.keras", compile=False)
+    # Frozen: after training, the backbone still holds exactly the weights in the folder.
+    assert _same(_loaded(model, SMALL).get_weights(), saved)
 
 
 def test_a_tune_stage_without_weights_fails_the_trial_naming_the_file(
