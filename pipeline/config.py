@@ -201,6 +201,20 @@ class RegisterParams(_Section):
     )
 
 
+class PretrainedParams(_Section):
+    """Where the transfer family finds ImageNet weights (read by tune and train)."""
+
+    weights_dir: str | None = Field(
+        None,
+        description="folder with keras.applications no-top weights files, looked in first "
+        "(offline machines); then the Keras cache ~/.keras/models/",
+    )
+    download: bool = Field(
+        True,
+        description="else let Keras download them, if storage.googleapis.com answers within 3 s",
+    )
+
+
 class MlflowParams(_Section):
     """Where runs are recorded (MLFLOW_TRACKING_URI, when set, wins over tracking_uri)."""
 
@@ -226,6 +240,7 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     register: RegisterParams = RegisterParams()
+    pretrained: PretrainedParams = PretrainedParams()
     mlflow: MlflowParams = MlflowParams()
 
 

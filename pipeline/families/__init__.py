@@ -11,6 +11,9 @@ To add a hyperparameter to a family: declare it (type, range, default) under the
 ``search_spaces/*.yaml`` and read it in the builder as ``hp["name"]``. The ranges, steps and
 defaults live in the YAML only; shared pieces (L2 regulariser, downsampling budget,
 conv-BN unit, ImageNet stem, classifier head) are in ``_common.py``.
+
+``transfer`` (pretrained ``keras.applications`` backbones) also takes ``weights``, where its
+ImageNet weights are found (``backbones.WeightsSource``); the HyperModel passes it.
 """
 
 import importlib
@@ -27,6 +30,7 @@ FAMILY_NAMES = (
     "xception",
     "densenet",
     "mobilenet",
+    "transfer",
 )
 
 

@@ -7,7 +7,8 @@ ones (``dropout``, ``l2``, ``augment``, ``label_smoothing``); and the optimizer'
 ``adamw_weight_decay`` for adamw).
 """
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -15,6 +16,7 @@ import keras_tuner
 from keras import layers
 
 from pipeline.families import get_builder
+from pipeline.families.backbones import DEFAULT_WEIGHTS, WeightsSource
 from pipeline.model_input import pixel_inputs
 from pipeline.search.losses import classification_loss
 from pipeline.search.optimizers import build_optimizer
@@ -106,6 +108,7 @@ class CNNHyperModel(keras_tuner.HyperModel):
         total_steps: Steps per epoch x epochs of one trial, for the cosine schedule;
             when None, ``cosine`` falls back to a constant learning rate.
         jit_compile: Passed to ``model.compile`` (``"auto"``: Keras decides).
+        pretrained: Where the transfer family finds ImageNet weights (params ``pretrained``).
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class CNNHyperModel(keras_tuner.HyperModel):
         max_params: int | None = None,
         total_steps: int | None = None,
         jit_compile: bool | str = "auto",
+        pretrained: WeightsSource = DEFAULT_WEIGHTS,
         name: str = "cnn_automl",
     ):
         super().__init__(name=name)
@@ -127,6 +131,21 @@ class CNNHyperModel(keras_tuner.HyperModel):
         self.max_params = max_params
         self.total_steps = total_steps
         self.jit_compile = jit_compile
+        self.pretrained: WeightsSource | None = pretrained
+
+    @contextlib.contextmanager
+    def without_pretrained_weights(self) -> Iterator[None]:
+        """Build transfer models with random weights inside: for Keras Tuner's space discovery.
+
+        The tuner builds models at construction only to find the hyperparameters, never
+        trains them; loading weights there would cost time and, where they are missing,
+        stop the whole search instead of failing the transfer trials.
+        """
+        saved, self.pretrained = self.pretrained, None
+        try:
+            yield
+        finally:
+            self.pretrained = saved
 
     def declare_hyperparameters(self, hp: keras_tuner.HyperParameters) -> None:
         """Declare every family's hyperparameters so the oracle can sample any of them."""
@@ -154,7 +173,10 @@ class CNNHyperModel(keras_tuner.HyperModel):
         """Build and compile the trial's model."""
         family, family_values, common, opt = self._register_space(hp, only_active=True)
         builder_values = {**family_values, **{k: common[k] for k in BUILDER_COMMON}}
-        family_model = get_builder(family)(builder_values, self.input_shape, self.num_classes)
+        extra = {"weights": self.pretrained} if family == "transfer" else {}
+        family_model = get_builder(family)(
+            builder_values, self.input_shape, self.num_classes, **extra
+        )
         # 0-255 pixels in, rescaled by the model itself; augmentation (training only) next.
         inputs, x = pixel_inputs(self.input_shape)
         if common["augment"]:

@@ -19,6 +19,7 @@ from pydantic import (
 
 from pipeline.errors import ConfigError
 from pipeline.families import FAMILY_NAMES
+from pipeline.families.backbones import BACKBONES
 from pipeline.yamlfile import read_yaml
 
 HP_TYPES = ("int", "float", "choice", "boolean")
@@ -45,6 +46,7 @@ FAMILY_HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
     "xception": ("entry_filters", "middle_blocks", "middle_filters"),
     "densenet": ("num_blocks", "layers_per_block", "growth_rate", "compression"),
     "mobilenet": ("version", "width_multiplier", "num_stages", "expansion"),
+    "transfer": ("backbone", "fine_tune", "unfreeze_layers", "dense_units"),
 }
 
 # Common values every builder receives next to its own.
@@ -286,9 +288,22 @@ class OptimizerSpace(_Group):
         )
 
 
+class _TransferGroup(_Group):
+    """The transfer family: a backbone must be one the family knows how to load."""
+
+    def _domains(self) -> None:
+        self._check_domain("backbone", lambda v: v in BACKBONES, f"values {', '.join(BACKBONES)}")
+        self._check_domain("fine_tune", lambda v: isinstance(v, bool), "values true, false")
+        self._check_domain(
+            "unfreeze_layers", lambda v: isinstance(v, int) and v >= 1, "range [1, inf)"
+        )
+        self._check_domain("dense_units", lambda v: isinstance(v, int) and v >= 0, "range [0, inf)")
+
+
 def _family_model(name: str) -> type[_Group]:
     fields: dict[str, Any] = {key: (Hyperparameter, ...) for key in FAMILY_HYPERPARAMETERS[name]}
-    return create_model(f"{name}_space", __base__=_Group, **fields)
+    base = _TransferGroup if name == "transfer" else _Group
+    return create_model(f"{name}_space", __base__=base, **fields)
 
 
 class _FamiliesBase(BaseModel):

@@ -51,6 +51,8 @@ def build_model(plan: plans.Plan, meta: dict, params: Params, steps_per_epoch: i
             metrics=["accuracy"],
         )
         return model
+    from pipeline.families.backbones import WeightsSource
+
     return rebuild_tuned(
         plan.space_file,
         plan.hyperparameters,
@@ -58,13 +60,14 @@ def build_model(plan: plans.Plan, meta: dict, params: Params, steps_per_epoch: i
         num_classes,
         dataset=params.data.dataset,
         total_steps=steps_per_epoch * params.train.epochs,
+        pretrained=WeightsSource(**params.pretrained.model_dump()),
     )
 
 
 def rebuild_tuned(space_file, hyperparameters: dict, input_shape, num_classes: int, **kwargs):
     """The tuned trial's model, compiled, from its search space and hyperparameter values.
 
-    ``kwargs`` go to ``CNNHyperModel`` (``dataset``, ``total_steps``).
+    ``kwargs`` go to ``CNNHyperModel`` (``dataset``, ``total_steps``, ``pretrained``).
     """
     import keras_tuner
 

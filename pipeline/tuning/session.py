@@ -217,6 +217,7 @@ def build_tuner(session: Session, splits, worker: bool = False):
     import keras
 
     from pipeline.data.splits import steps_per_epoch
+    from pipeline.families.backbones import WeightsSource
     from pipeline.search.hypermodel import CNNHyperModel
     from pipeline.tuning import kt_compat
     from pipeline.tuning.oracles import make_oracle
@@ -244,26 +245,28 @@ def build_tuner(session: Session, splits, worker: bool = False):
         max_params=tune.max_params,
         total_steps=steps_per_epoch(len(splits.train), tune.batch_size) * tune.max_epochs,
         jit_compile=jit,
+        pretrained=WeightsSource(**session.params.pretrained.model_dump()),
     )
     oracle = make_oracle(tune, session.deadline)
     cls = TUNER_CLASSES[tune.algorithm]
-    tuner = cls(
-        hypermodel,
-        oracle,
-        mlflow_client=session.client,
-        experiment_id=session.experiment_id,
-        parent_run_id=session.parent_run_id,
-        deadline=session.deadline,
-        patience=tune.early_stopping_patience,
-        seed=tune.seed,
-        max_trials=tune.max_trials,
-        after_trial=None if worker else session.save_state,
-        dtype_policy=policy,
-        directory=str(paths.TUNER_DIR),
-        project_name=paths.TUNER_PROJECT,
-        executions_per_trial=tune.executions_per_trial,
-        overwrite=False,
-    )
+    with hypermodel.without_pretrained_weights():
+        tuner = cls(
+            hypermodel,
+            oracle,
+            mlflow_client=session.client,
+            experiment_id=session.experiment_id,
+            parent_run_id=session.parent_run_id,
+            deadline=session.deadline,
+            patience=tune.early_stopping_patience,
+            seed=tune.seed,
+            max_trials=tune.max_trials,
+            after_trial=None if worker else session.save_state,
+            dtype_policy=policy,
+            directory=str(paths.TUNER_DIR),
+            project_name=paths.TUNER_PROJECT,
+            executions_per_trial=tune.executions_per_trial,
+            overwrite=False,
+        )
     if not worker:
         # Written now, not at the first trial's end: Keras Tuner reloads a saved search
         # only when this file exists, so a kill during trial 1 must find it.
