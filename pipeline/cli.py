@@ -20,11 +20,11 @@ STAGES = {
     ),
     "tune": (
         "search the architecture families with Keras Tuner; every trial an MLflow run",
-        ("data.dataset", "tune", "mlflow"),
+        ("data.dataset", "tune", "budget", "mlflow"),
     ),
     "train": (
         "train the best configuration (or train.preset) into models/model.keras",
-        ("data.dataset", "train", "mlflow"),
+        ("data.dataset", "train", "budget", "mlflow"),
     ),
     "evaluate": (
         "test-set metrics, plots and reports/report.html",

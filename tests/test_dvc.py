@@ -95,7 +95,15 @@ def test_dvc_repro_runs_the_whole_dag_reruns_only_what_changed_and_runs_experime
     shown = _run(["dvc", "metrics", "show"], repo)
     assert shown.returncode == 0 and "accuracy" in shown.stdout
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]["tune"]["params"]["params.yaml"]) == {"data.dataset", "tune"}
+    assert set(lock["stages"]["tune"]["params"]["params.yaml"]) == {
+        "data.dataset",
+        "tune",
+        "budget",
+    }
+    # dvc repro ran train right after tune: on the run's one clock, within its budget.
+    with open(repo / "reports/budget.json") as fh:
+        spent = json.load(fh)
+    assert spent["clock"] == "tune" and spent["within_budget"] is True
     again = _run(["dvc", "repro"], repo)
     assert again.returncode == 0 and "Running stage" not in again.stdout
 
