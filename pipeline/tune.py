@@ -84,6 +84,11 @@ def main(argv=None) -> int:
             chief.wait()
             chief.stop()
         else:
+            import keras
+
+            # The shuffle's order depends on the global seed when the dataset is made, not
+            # only on its own: fix both, so a search in epochs mode is the same every time.
+            keras.utils.set_random_seed(tune.seed)
             fit = fit_inputs(splits, tune.batch_size, tune.seed)
             tuner.search(epochs=tune.max_epochs, verbose=0, **fit)
         return sessions.finish(session, tuner.oracle, splits.meta)
