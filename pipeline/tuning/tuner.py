@@ -20,6 +20,7 @@ from pipeline import tracking
 from pipeline.budget_callbacks import DeadlineStop, slow_epoch_callbacks
 from pipeline.console import log
 from pipeline.search.hypermodel import active_values
+from pipeline.tuning import tf_compat
 from pipeline.tuning.kt_compat import TunerCompat, runs_before
 
 TRIAL_ROLE = "tune-trial"
@@ -104,6 +105,9 @@ class PipelineTunerMixin(TunerCompat):
         self._deadline_stops: list[DeadlineStop] = []
         self._result: dict | None = None
         keras_tuner.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
+        self._on_tensorflow = keras.backend.backend() == "tensorflow"
+        if self._on_tensorflow:
+            tf_compat.check_version()
 
     # -- a trial's life -------------------------------------------------------------------
     def on_trial_begin(self, trial):
@@ -188,6 +192,10 @@ class PipelineTunerMixin(TunerCompat):
         # used up: FAILED) is what the run is tagged with.
         super().on_trial_end(trial)
         status = self.oracle.get_trial(trial.trial_id).status
+        if self._on_tensorflow:
+            # Else the trial's traced graphs stay in TensorFlow's gradient registry for
+            # good: ~20 MB per trial (tf_compat); the next build's gc.collect frees them.
+            tf_compat.forget_custom_gradients()
         self._close_trial_run(trial, status, seconds)
         if self.after_trial is not None:
             self.after_trial()
