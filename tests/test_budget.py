@@ -134,7 +134,11 @@ def test_tune_and_train_end_within_the_budget_on_a_slower_machine(tmp_path, slow
     start_overhead = record["started_at"] - launched
     assert 0 <= start_overhead < 5
     assert record["clock"] == "tune" and record["within_budget"] is True
-    assert ended - record["started_at"] <= minutes * 60 * 1.05, (tune.stderr, train.stderr)
+    timing = (
+        f"tune+train {ended - record['started_at']:.1f}s of {minutes * 60:.0f}s; record {record}; "
+        f"train log: {train.stderr[-3000:]}"
+    )
+    assert ended - record["started_at"] <= minutes * 60 * 1.05, timing
     assert ended - launched <= minutes * 60 * 1.05 + start_overhead
     # The budget is used, not left idle: at least most of it went to the two stages.
     assert ended - launched >= minutes * 60 * 0.7

@@ -163,6 +163,7 @@ def train(
             time.time(),
             info["epochs_run"],
             info["stopped_by_deadline"],
+            info["fit_ended_at"],
         )
         _record_budget(record, client, run_id, plan)
     log(
@@ -283,6 +284,7 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
             log("train: the loss became NaN; stopped, keeping the best epoch before it")
         elif deadline.fired:
             log("train: stopped: the next epoch would not end within the budget")
+    fit_ended_at = time.time()
     rows = backup.rows
     epoch, best = best_epoch(rows)
     if epoch is None:
@@ -313,6 +315,7 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
         "mlflow_experiment_id": None,
         "tune_trial_id": plan.trial_id,
         "stopped_by_deadline": deadline.fired,
+        "fit_ended_at": round(fit_ended_at, 3),
     }
 
 
