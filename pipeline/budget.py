@@ -25,8 +25,10 @@ SLOW_EPOCH_ENV = "PIPELINE_SLOW_EPOCH_S"
 # it gets its own share of the budget from its own start.
 SAME_RUN_GAP_S = 120.0
 # After its last epoch the train stage saves the model, exports a SavedModel, logs to
-# MLflow and exits: kept free before its deadline. Measured on a 2-core CPU (digits,
-# simple_cnn): about 5 s idle, up to 17 s while other jobs shared the machine.
+# MLflow and exits: kept free before its deadline, with room for a last epoch slower than
+# the ones before (other jobs on the machine). Measured on a 2-core CPU: 1-5 s of
+# finishing (reports/budget.json's finish_seconds); with 10 s, the slow tune+train test
+# once ended 7 s past its deadline on a machine shared with other jobs.
 FINISH_S = 20.0
 
 
