@@ -20,11 +20,11 @@ STAGES = {
     ),
     "tune": (
         "search the architecture families with Keras Tuner; every trial an MLflow run",
-        ("data.dataset", "tune", "pretrained", "mlflow"),
+        ("data.dataset", "tune", "pretrained", "budget", "mlflow"),
     ),
     "train": (
         "train the best configuration (or train.preset) into models/model.keras",
-        ("data.dataset", "train", "pretrained", "mlflow"),
+        ("data.dataset", "train", "pretrained", "budget", "mlflow"),
     ),
     "evaluate": (
         "test-set metrics, plots and reports/report.html",

@@ -135,11 +135,6 @@ class TuneParams(_Section):
     max_train_samples: int | None = Field(
         None, ge=1, description="search on a seeded subset of the training split this large"
     )
-    time_budget_minutes: float | None = Field(
-        None,
-        gt=0,
-        description="no trial starts after this; the running one stops at its epoch end",
-    )
     max_params: int | None = Field(
         None, gt=0, description="models with more parameters fail before training"
     )
@@ -158,6 +153,17 @@ class TuneParams(_Section):
     )
     seed: int = Field(42, ge=0, description="seed of the search and of each trial")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_budget(cls, data: Any):
+        # Two clocks would fight: the search's time now comes from the run's one budget.
+        if isinstance(data, dict) and "time_budget_minutes" in data:
+            raise ValueError(
+                "time_budget_minutes: replaced by the run's one budget, budget.minutes "
+                "(the search gets budget.search_share of it); move the value there"
+            )
+        return data
+
 
 class TrainParams(_Section):
     """The train stage: the best configuration (or a preset) trained on the training split."""
@@ -171,6 +177,44 @@ class TrainParams(_Section):
         None, description="train this reference preset instead of the best trial (a baseline)"
     )
     seed: int = Field(42, ge=0, description="seed of the weights and the shuffling")
+
+
+class BudgetParams(_Section):
+    """One wall-clock budget for the tune and train stages together, or a fixed amount of work."""
+
+    mode: Literal["time", "epochs"] = Field(
+        "time",
+        description="time: the run ends within budget.minutes on any machine; epochs: "
+        "tune.max_trials x tune.max_epochs and train.epochs exactly, no clock (the same "
+        "trials and model on any machine)",
+    )
+    minutes: float = Field(
+        15.0,
+        gt=0,
+        description="time mode: the whole run, from the tune stage's start to the end of "
+        "evaluate and register",
+    )
+    reserve_minutes: float = Field(
+        1.0,
+        ge=0,
+        description="time mode: kept out of the budget for the evaluate and register stages",
+    )
+    search_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="time mode: the search's share of minutes - reserve_minutes; the final "
+        "training gets the rest and what the search did not use",
+    )
+
+    @model_validator(mode="after")
+    def _something_left(self):
+        if self.reserve_minutes >= self.minutes:
+            raise ValueError(
+                f"reserve_minutes: {self.reserve_minutes} leaves nothing of minutes "
+                f"{self.minutes} for tune and train; expected less than minutes"
+            )
+        return self
 
 
 class EvaluateParams(_Section):
@@ -238,6 +282,7 @@ class Params(_Section):
     preprocess: PreprocessParams = PreprocessParams()
     tune: TuneParams = TuneParams()
     train: TrainParams = TrainParams()
+    budget: BudgetParams = BudgetParams()
     evaluate: EvaluateParams = EvaluateParams()
     register: RegisterParams = RegisterParams()
     pretrained: PretrainedParams = PretrainedParams()

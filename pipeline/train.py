@@ -9,6 +9,7 @@ An interrupted training resumes from its last finished epoch on rerun
 """
 
 import sys
+import time
 
 from pipeline.cli import guarded, stage_parser
 from pipeline.config import load_params
@@ -16,6 +17,7 @@ from pipeline.config import load_params
 
 def main(argv=None) -> int:
     """Train, record the run in MLflow, write the model and its history."""
+    started_at = time.time()  # without tune's clock, the train stage's share starts here
     args = stage_parser("train").parse_args(argv)
     params = load_params(args.params)
     from pipeline import runtime
@@ -24,7 +26,7 @@ def main(argv=None) -> int:
     runtime.import_keras()
     from pipeline.training.run import train
 
-    train(params)
+    train(params, started_at=started_at)
     return 0
 
 

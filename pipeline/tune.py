@@ -1,7 +1,8 @@
 """Stage tune: a Keras Tuner search over the search space, every trial an MLflow run.
 
 Writes ``models/tuner/`` (the saved search, resumed on rerun),
-``reports/tuning/leaderboard.csv`` and ``reports/tuning/best_hparams.json``.
+``reports/tuning/leaderboard.csv``, ``reports/tuning/best_hparams.json`` and
+``reports/tuning/budget.json`` (the run's budget clock, which starts here).
 ``--workers N`` runs the trials in N worker processes under one chief (the oracle).
 """
 
@@ -55,6 +56,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     """Search, record every trial in MLflow, write the leaderboard and best hparams."""
+    started_at = time.time()  # the run's budget clock starts here (TensorFlow's import counts)
     args = parse_args(argv)
     params = load_params(args.params)
     runtime.configure_environment()
@@ -64,7 +66,7 @@ def main(argv=None) -> int:
 
         return run_worker(params)
 
-    session = sessions.open_session(params)
+    session = sessions.open_session(params, started_at)
     tuner = chief = None
     try:
         from pipeline.data.loader import fit_inputs
@@ -83,6 +85,11 @@ def main(argv=None) -> int:
             chief.wait()
             chief.stop()
         else:
+            import keras
+
+            # The shuffle's order depends on the global seed when the dataset is made, not
+            # only on its own: fix both, so a search in epochs mode is the same every time.
+            keras.utils.set_random_seed(tune.seed)
             fit = fit_inputs(splits, tune.batch_size, tune.seed)
             tuner.search(epochs=tune.max_epochs, verbose=0, **fit)
         return sessions.finish(session, tuner.oracle, splits.meta)

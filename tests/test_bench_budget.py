@@ -43,7 +43,8 @@ def test_project_is_the_shipped_params_with_the_flags(tmp_path):
     assert params.data.dataset == "digits"
     assert (tune.algorithm, tune.max_epochs, tune.seed) == ("random", 2, 7)
     assert tune.max_train_samples == 500
-    assert tune.time_budget_minutes == 0.5
+    assert params.budget.mode == "time" and params.budget.search_share == 1.0
+    assert params.budget.minutes == 0.5 and params.budget.reserve_minutes == 0
     assert tune.resume is False  # each run a fresh search
     # What the flags do not name stays as shipped: the stage runs as a user runs it.
     assert tune.early_stopping_patience == shipped.tune.early_stopping_patience

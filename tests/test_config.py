@@ -26,7 +26,7 @@ def test_defaults_load_and_match_the_shipped_params_file():
     assert params.data.dataset == "fashion_mnist"
     assert params.preprocess.val_fraction == 0.1
     assert (ROOT / params.tune.search_space).is_file()
-    assert params.tune.time_budget_minutes is not None  # `make run` on a CPU must end
+    assert params.budget.mode == "time"  # `make run` on a CPU must end on time
 
 
 def test_unknown_key_is_named_with_a_suggestion(tmp_path):
@@ -130,3 +130,17 @@ def test_unreadable_params_path_is_a_config_error(tmp_path):
     (tmp_path / "latin1.yaml").write_bytes("data:\n  dataset: caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_params(tmp_path / "latin1.yaml")
+
+
+def test_the_old_search_budget_key_says_where_it_moved(tmp_path):
+    msg = _error_for(tmp_path, "tune:\n  time_budget_minutes: 7\n")
+    assert "tune.time_budget_minutes: replaced by the run's one budget, budget.minutes" in msg
+
+
+def test_budget_section_is_checked(tmp_path):
+    assert "budget.mode: got 'steps', expected 'time' or 'epochs'" in _error_for(
+        tmp_path, "budget:\n  mode: steps\n"
+    )
+    assert "budget.search_share" in _error_for(tmp_path, "budget:\n  search_share: 1.5\n")
+    msg = _error_for(tmp_path, "budget:\n  minutes: 1\n  reserve_minutes: 1\n")
+    assert "budget.reserve_minutes: 1.0 leaves nothing of minutes 1.0" in msg

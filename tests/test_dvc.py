@@ -99,7 +99,12 @@ def test_dvc_repro_runs_the_whole_dag_reruns_only_what_changed_and_runs_experime
         "data.dataset",
         "tune",
         "pretrained",
+        "budget",
     }
+    # dvc repro ran train right after tune: on the run's one clock, within its budget.
+    with open(repo / "reports/budget.json") as fh:
+        spent = json.load(fh)
+    assert spent["clock"] == "tune" and spent["within_budget"] is True
     again = _run(["dvc", "repro"], repo)
     assert again.returncode == 0 and "Running stage" not in again.stdout
 

@@ -67,17 +67,20 @@ def proj(tuned, project):
         path = root
 
         @staticmethod
-        def params(**train_settings):
+        def params(budget=None, **train_settings):
             settings = {"epochs": 3, "batch_size": 64, "early_stopping_patience": None}
             settings.update(train_settings)
             path = root / "params.yaml"
             data = {"data": {"dataset": "digits"}, "tune": tune_settings, "train": settings}
+            if budget:
+                data["budget"] = budget
             path.write_text(yaml.safe_dump(data))
             return path
 
         @staticmethod
-        def run(callbacks=(), export=False, **train_settings):
-            return train(load_params(Proj.params(**train_settings)), callbacks, export)
+        def run(callbacks=(), export=False, budget=None, **train_settings):
+            params = load_params(Proj.params(budget, **train_settings))
+            return train(params, callbacks, export)
 
     return Proj
 
@@ -278,3 +281,77 @@ def test_smoothing_and_augmentation_models_load_without_the_pipeline(proj):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "(2, 10) 2.0"
+
+
+BUDGET = {"mode": "time", "minutes": 10, "reserve_minutes": 0, "search_share": 0.5}
+
+
+def _tuned_just_now(root, seconds_left: float, epoch_seconds: float) -> None:
+    """As if the tune stage had just ended with ``seconds_left`` of the run's budget left
+    and measured ``epoch_seconds`` per epoch for the best trial on all the training images.
+    """
+    import time
+
+    now = time.time()
+    clock = {**BUDGET, "started_at": now - 300, "search_deadline": now, "ended_at": now}
+    clock.update(deadline=now + seconds_left, search_seconds=300.0)
+    (root / paths.TUNE_BUDGET).write_text(json.dumps(clock))
+    best = read_best(root)
+    best.update(epoch_seconds=epoch_seconds, first_epoch_seconds=epoch_seconds)
+    best["train_samples"] = len(read_processed("train"))
+    (root / paths.BEST_HPARAMS).write_text(json.dumps(best))
+
+
+def test_the_final_training_is_sized_to_what_is_left_of_the_budget(proj, monkeypatch, capsys):
+    from pipeline.budget import FINISH_S, SLOW_EPOCH_ENV
+
+    monkeypatch.setenv(SLOW_EPOCH_ENV, "1.0")  # every epoch about 1 s, as the "search" saw
+    _tuned_just_now(proj.path, FINISH_S + 4.5, epoch_seconds=1.0)
+    info = proj.run(budget=BUDGET, epochs=10)
+    record = json.loads(paths.RUN_BUDGET.read_text())
+    assert record["clock"] == "tune"
+    assert 3 <= record["planned_final_epochs"] <= 4  # 4.5 s left, less set-up, at 1 s each
+    assert info["epochs_run"] == record["epochs_run"] <= record["planned_final_epochs"]
+    assert record["within_budget"] is True
+    assert record["search_seconds"] == 300.0 and record["total_seconds"] >= 300
+    assert record["estimated_epoch_seconds"] == pytest.approx(1.0)
+    assert "budget: " in capsys.readouterr().err
+    # The train run and the search's parent run both hold the plan and what was spent.
+    client = mlflow_client(proj.path)
+    parent = client.get_run(read_best(proj.path)["mlflow_parent_run_id"])
+    own = client.get_run(info["mlflow_run_id"])
+    for run in (parent, own):
+        assert run.data.metrics["budget_planned_final_epochs"] == record["planned_final_epochs"]
+        assert run.data.metrics["budget_total_seconds"] == record["total_seconds"]
+
+
+def test_a_training_slower_than_the_search_measured_stops_when_the_next_epoch_would_not_fit(
+    proj, monkeypatch, capsys
+):
+    from pipeline.budget import FINISH_S, SLOW_EPOCH_ENV
+
+    monkeypatch.setenv(SLOW_EPOCH_ENV, "1.0")
+    # The search measured 0.1 s per epoch: all 10 epochs seem to fit; at ~1 s they do not.
+    _tuned_just_now(proj.path, FINISH_S + 3.5, epoch_seconds=0.1)
+    info = proj.run(budget=BUDGET, epochs=10)
+    record = json.loads(paths.RUN_BUDGET.read_text())
+    assert record["planned_final_epochs"] == 10
+    assert record["stopped_by_deadline"] is True and 1 <= info["epochs_run"] <= 3
+    assert record["within_budget"] is True
+    assert "the next epoch would not end within the budget" in capsys.readouterr().err
+    # The best epoch's weights are kept, as early stopping keeps them.
+    assert info["best_epoch"] == max(
+        range(1, info["epochs_run"] + 1),
+        key=lambda e: float(read_history()[e - 1]["val_accuracy"]),
+    )
+
+
+def test_epochs_mode_trains_every_epoch_with_no_clock(proj, monkeypatch):
+    from pipeline.budget import SLOW_EPOCH_ENV
+
+    monkeypatch.setenv(SLOW_EPOCH_ENV, "0")
+    _tuned_just_now(proj.path, 0.0, epoch_seconds=100.0)  # no time left: ignored
+    info = proj.run(budget={"mode": "epochs"}, epochs=3)
+    record = json.loads(paths.RUN_BUDGET.read_text())
+    assert info["epochs_run"] == 3 and record["planned_final_epochs"] == 3
+    assert record["deadline"] is None and "within_budget" not in record

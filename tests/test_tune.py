@@ -102,7 +102,27 @@ def test_search_records_every_trial_in_mlflow_and_writes_the_leaderboard(tuned):
     assert best["num_classes"] == 10 and best["input_shape"] == [8, 8, 1]
     assert best["mlflow_parent_run_id"] == parent.info.run_id
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "tuning")}
-    assert artifacts == {"tuning/leaderboard.csv", "tuning/best_hparams.json"}
+    assert artifacts == {
+        "tuning/leaderboard.csv",
+        "tuning/best_hparams.json",
+        "tuning/budget.json",
+    }
+    # Epoch times per trial: what the train stage sizes the final training from.
+    for row in board:
+        run = by_run[row["mlflow_run_id"]]
+        assert 0 < float(row["epoch_seconds"]) <= float(row["seconds"])
+        assert float(row["epoch_seconds"]) == pytest.approx(
+            run.data.metrics["epoch_seconds"], abs=1e-3
+        )
+        assert float(row["first_epoch_seconds"]) > 0
+    assert best["train_samples"] == 1293
+    assert best["epoch_seconds"] == pytest.approx(float(board[0]["epoch_seconds"]), abs=1e-3)
+    spent = json.loads((tuned.root / "reports" / "tuning" / "budget.json").read_text())
+    assert spent["mode"] == "time" and spent["minutes"] == 15.0
+    assert spent["search_deadline"] - spent["started_at"] == pytest.approx(7 * 60)
+    assert 0 < spent["search_seconds"] < 7 * 60
+    assert parent.data.params["budget.search_share"] == "0.5"
+    assert client.get_run(parent.info.run_id).data.metrics["budget_search_seconds"] > 0
 
 
 def test_rerun_of_a_finished_search_reattaches_and_adds_nothing(tuned, capsys):
@@ -158,7 +178,8 @@ def test_nan_loss_marks_the_trial_invalid_and_it_is_retried(tuned):
 
 
 def test_a_tiny_time_budget_stops_early_and_still_writes_outputs(tuned, capsys):
-    assert tuned.run(max_trials=10, max_epochs=5, time_budget_minutes=0.0001) == 0
+    tiny = {"minutes": 0.0002, "reserve_minutes": 0, "search_share": 0.5}
+    assert tuned.run(max_trials=10, max_epochs=5, budget=tiny) == 0
     client = mlflow_client(tuned.root)
     _, trials = parent_and_trials(client)
     # The first trial starts, stops at the end of its first epoch; no other starts.
@@ -289,7 +310,7 @@ def test_changed_data_starts_a_fresh_search(tuned, capsys):
 
 
 def test_a_budget_ends_a_search_midway_and_the_stage_succeeds(tuned):
-    assert tuned.run(max_trials=200, time_budget_minutes=0.1) == 0
+    assert tuned.run(max_trials=200, budget={"minutes": 0.2, "reserve_minutes": 0}) == 0
     board = read_leaderboard(tuned.root)
     assert 1 <= len(board) < 200
     assert all(r["status"] == "COMPLETED" for r in board)
@@ -362,3 +383,24 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_epochs_mode_runs_the_same_trials_with_the_same_scores_on_a_slower_machine(
+    tuned, monkeypatch
+):
+    from pipeline.budget import SLOW_EPOCH_ENV
+
+    def search(slow: str) -> list[tuple]:
+        monkeypatch.setenv(SLOW_EPOCH_ENV, slow)
+        epochs = {"mode": "epochs"}
+        assert tuned.run(max_trials=2, max_epochs=2, resume=False, budget=epochs) == 0
+        return sorted(
+            (r["trial_id"], r["family"], r["learning_rate"], r["epochs"], r["val_accuracy"])
+            for r in read_leaderboard(tuned.root)
+        )
+
+    fast = search("0")
+    slow = search("0.5")  # every epoch half a second longer: no clock, so no difference
+    assert slow == fast
+    spent = json.loads((tuned.root / "reports" / "tuning" / "budget.json").read_text())
+    assert spent["mode"] == "epochs" and "search_deadline" not in spent

@@ -38,8 +38,17 @@ def copy_processed(source: Path, root: Path) -> None:
     shutil.copytree(source / "data" / "processed", root / "data" / "processed")
 
 
-def tune_params(root: Path, space: dict | None = None, mlflow: dict | None = None, **tune) -> Path:
-    """params.yaml for a tiny random search on digits; ``tune`` overrides keys."""
+def tune_params(
+    root: Path,
+    space: dict | None = None,
+    mlflow: dict | None = None,
+    budget: dict | None = None,
+    **tune,
+) -> Path:
+    """params.yaml for a tiny random search on digits; ``tune`` overrides keys.
+
+    ``budget``: the budget section (default: the schema's, 15 minutes of time).
+    """
     settings = {
         "search_space": write_space(root, space),
         "algorithm": "random",
@@ -53,6 +62,8 @@ def tune_params(root: Path, space: dict | None = None, mlflow: dict | None = Non
     params = {"data": {"dataset": "digits"}, "tune": settings}
     if mlflow:
         params["mlflow"] = mlflow
+    if budget:
+        params["budget"] = budget
     path.write_text(yaml.safe_dump(params))
     return path
 

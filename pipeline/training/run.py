@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline import atomic, paths, tracking
+from pipeline import budget as budgets
 from pipeline.config import Params
 from pipeline.console import log
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.fileio import read_json
 from pipeline.model_input import INPUT_PIXELS
 from pipeline.redact import redact
 from pipeline.training import plan as plans
@@ -25,8 +27,9 @@ ROLE = "train"
 PRESET_LEARNING_RATE = 1e-3
 
 
-def build_model(plan: plans.Plan, meta: dict, params: Params, steps_per_epoch: int):
-    """A fresh compiled model for ``plan`` (seeded with ``train.seed``)."""
+def build_model(plan: plans.Plan, meta: dict, params: Params, steps_per_epoch: int, epochs: int):
+    """A fresh compiled model for ``plan`` (seeded with ``train.seed``), its learning-rate
+    schedule (if any) sized to ``epochs``."""
     import keras
 
     keras.backend.clear_session()
@@ -59,7 +62,7 @@ def build_model(plan: plans.Plan, meta: dict, params: Params, steps_per_epoch: i
         input_shape,
         num_classes,
         dataset=params.data.dataset,
-        total_steps=steps_per_epoch * params.train.epochs,
+        total_steps=steps_per_epoch * epochs,
         pretrained=WeightsSource(**params.pretrained.model_dump()),
     )
 
@@ -85,14 +88,17 @@ def train(
     params: Params,
     callbacks: Sequence = (),
     export: bool = True,
+    started_at: float | None = None,
 ) -> dict:
     """Run the train stage with ``params``; return what ``model_info.json`` holds.
 
     ``callbacks`` are appended after the stage's own (tests interrupt a training with
-    one); ``export=False`` skips the SavedModel.
+    one); ``export=False`` skips the SavedModel; ``started_at``: the ``time.time()`` the
+    stage started (its share of the budget counts from there; default now).
     """
     from pipeline.data.splits import load_meta, load_splits
 
+    started_at = time.time() if started_at is None else started_at
     started = time.monotonic()
     plan = plans.load_plan(params)
     meta = load_meta()
@@ -129,7 +135,14 @@ def train(
             settings["search_space_sha256"] = plan.space_sha256
         client.log_batch(run_id, params=tracking.params_list(settings))
         log(f"train: MLflow run {run_id} in experiment {experiment!r} ({redact(uri)})")
-        info = _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, export)
+        tuned = _tune_budget()
+        budget = budgets.plan_training(
+            params.budget, tuned, plan.best, len(splits.train), params.train.epochs, time.time()
+        )
+        _log_plan(budget, params)
+        info = _train(
+            plan, meta, params, splits, fingerprint, client, run_id, callbacks, export, budget
+        )
         info.update(mlflow_run_id=run_id, mlflow_experiment_id=exp_id)
         atomic.write_json(paths.MODEL_INFO, info)
         client.log_artifact(run_id, str(paths.TRAIN_HISTORY), "train")
@@ -146,6 +159,17 @@ def train(
             },
         )
         Backup(fingerprint).remove()
+        record = budgets.run_record(
+            params.budget,
+            tuned,
+            budget,
+            started_at,
+            time.time(),
+            info["epochs_run"],
+            info["stopped_by_deadline"],
+            info["fit_ended_at"],
+        )
+        _record_budget(record, client, run_id, plan)
     log(
         f"train: {plan.name} ({info['params']:,} params) {info['epochs_run']} epoch(s) in "
         f"{info['train_seconds']:.1f}s; best epoch {info['best_epoch']} "
@@ -156,21 +180,68 @@ def train(
     return info
 
 
-def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, export):
+def _tune_budget() -> dict | None:
+    """The tune stage's ``budget.json`` (its clock), or None when there is none."""
+    if not paths.TUNE_BUDGET.is_file():
+        return None
+    return read_json(paths.TUNE_BUDGET, "rerun the tune stage", error=PipelineError)
+
+
+def _log_plan(budget: budgets.TrainingPlan, params: Params) -> None:
+    if budget.deadline is None:
+        log(f"train: budget in epochs: {budget.epochs} epoch(s) at most, no clock")
+        return
+    left = budget.deadline - time.time()
+    est = budget.estimate
+    per_epoch = f"~{est.epoch_s:.1f}s per epoch (from the search)" if est else "epoch time unknown"
+    log(
+        f"train: budget: {left / 60:.1f} min left ({budget.clock} clock), {per_epoch}: "
+        f"{budget.epochs} of at most {params.train.epochs} epoch(s)"
+    )
+
+
+def _record_budget(record: dict, client, run_id: str, plan: plans.Plan) -> None:
+    """``reports/budget.json``, and the plan and seconds spent in this run and tune's parent."""
+    atomic.write_json(paths.RUN_BUDGET, record)
+    client.log_artifact(run_id, str(paths.RUN_BUDGET), "train")
+    metrics = {
+        f"budget_{k}": float(v)
+        for k, v in record.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and k != "started_at"
+    }
+    tracking.log_metrics(client, run_id, metrics)
+    parent = (plan.best or {}).get("mlflow_parent_run_id")
+    if parent and record["clock"] == "tune":
+        try:  # the search's parent run holds the whole run's plan and what it spent
+            tracking.log_metrics(client, parent, metrics)
+            client.log_artifact(parent, str(paths.RUN_BUDGET), "budget")
+        except Exception as exc:  # another MLflow store, or the run was deleted
+            log(f"train: the budget was not logged to the tune parent run {parent}: {exc}")
+    if "within_budget" in record:
+        verdict = "within" if record["within_budget"] else "OVER"
+        log(
+            f"train: run budget: {record['total_seconds']:.0f}s spent "
+            f"({record['train_seconds']:.0f}s training), {verdict} the deadline"
+        )
+
+
+def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, export, budget):
     import keras
 
+    from pipeline.budget_callbacks import DeadlineStop, slow_epoch_callbacks
     from pipeline.data.loader import fit_inputs
     from pipeline.data.splits import steps_per_epoch
     from pipeline.training.callbacks import EpochRecorder
 
     train_params = params.train
+    epochs = budget.epochs
     steps = steps_per_epoch(len(splits.train), train_params.batch_size)
-    model = build_model(plan, meta, params, steps)
+    model = build_model(plan, meta, params, steps, epochs)
     backup = Backup(fingerprint)
     done = backup.open()
     if done and not backup.restore_check(model):
         done = 0
-        model = build_model(plan, meta, params, steps)
+        model = build_model(plan, meta, params, steps, epochs)
     params_count = int(model.count_params())
     if plan.best is not None and plan.best.get("params") not in (None, params_count):
         log(
@@ -183,21 +254,25 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
         metrics = {k: row[k] for k in HISTORY_COLUMNS[1:] if math.isfinite(row[k])}
         tracking.log_metrics(client, run_id, metrics, step=int(row["epoch"]) - 1)
     patience = train_params.early_stopping_patience
-    recorder = EpochRecorder(backup, train_params.epochs, patience, client, run_id)
-    finished = done >= train_params.epochs or recorder.should_stop() or _nan_stopped(backup)
+    recorder = EpochRecorder(backup, epochs, patience, client, run_id)
+    deadline = DeadlineStop(budget.fit_deadline)
+    finished = done >= epochs or recorder.should_stop() or _nan_stopped(backup)
     what = f"{plan.name} ({params_count:,} params)"
     where = f"{len(splits.train)} training / {len(splits.val)} validation images"
     if finished:
         log(f"train: the backup holds a finished training of {what} ({done} epochs); saving it")
     else:
         resume = f", resuming after epoch {done}" if done else ""
-        log(f"train: {what} on {where}, up to {train_params.epochs} epochs{resume}")
+        log(f"train: {what} on {where}, up to {epochs} epochs{resume}")
         fit = fit_inputs(splits, train_params.batch_size, train_params.seed, initial_epoch=done)
         model.fit(
-            epochs=train_params.epochs,
+            epochs=epochs,
             initial_epoch=done,
             verbose=0,
             callbacks=[
+                # The test knob's sleep first: it is part of the epoch the deadline times.
+                *slow_epoch_callbacks(),
+                deadline,
                 keras.callbacks.TerminateOnNaN(),
                 recorder,
                 keras.callbacks.BackupAndRestore(str(backup.folder), delete_checkpoint=False),
@@ -212,6 +287,9 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
             )
         elif _nan_stopped(backup):
             log("train: the loss became NaN; stopped, keeping the best epoch before it")
+        elif deadline.fired:
+            log("train: stopped: the next epoch would not end within the budget")
+    fit_ended_at = time.time()
     rows = backup.rows
     epoch, best = best_epoch(rows)
     if epoch is None:
@@ -242,6 +320,8 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
         "mlflow_run_id": None,
         "mlflow_experiment_id": None,
         "tune_trial_id": plan.trial_id,
+        "stopped_by_deadline": deadline.fired,
+        "fit_ended_at": round(fit_ended_at, 3),
     }
 
 

@@ -5,6 +5,7 @@ The oracle is where these belong: in parallel tuning it lives in the chief, so o
 budget and one failure count hold for every worker.
 """
 
+import statistics
 import time
 
 import keras_tuner
@@ -30,12 +31,23 @@ class PipelineOracleMixin(OracleCompat):
     def budget_spent(self) -> bool:
         """Whether the time budget (if any) is used up and there is a result to show for it.
 
-        Until one trial has completed, trials still start (each stops at its first epoch
-        end past the deadline), so a too-small budget yields a model, not an empty stage.
+        Used up: a typical first epoch (the median of the completed trials') would not end
+        before the deadline, so a new trial would only overrun it. Until one trial has
+        completed, trials still start (each stops after its first epoch), so a too-small
+        budget yields a model, not an empty stage.
         """
-        if self.deadline is None or time.time() < self.deadline:
+        if self.deadline is None:
             return False
-        return bool(self.completed_trials())
+        done = self.completed_trials()
+        if not done:
+            return False
+        firsts = [
+            t.metrics.get_last_value("first_epoch_seconds")
+            for t in done
+            if t.metrics.exists("first_epoch_seconds")
+        ]
+        typical = statistics.median(firsts) if firsts else 0.0
+        return time.time() + typical > self.deadline
 
     def _stopped(self, tuner_id, reason: str):
         self.stop_reason = self.stop_reason or reason

@@ -18,9 +18,19 @@ COLUMNS = [
     "val_accuracy",
     "epochs",
     "seconds",
+    "epoch_seconds",
+    "first_epoch_seconds",
     "status",
     "mlflow_run_id",
 ]
+
+
+# Measured per trial (the first epoch also compiles); the train stage's budget uses them.
+EPOCH_TIMES = ("epoch_seconds", "first_epoch_seconds")
+
+
+def _rounded(value, digits: int):
+    return "" if value is None else round(value, digits)
 
 
 def _metric(trial, name: str):
@@ -46,6 +56,7 @@ def leaderboard(oracle, run_ids: dict[str, str]) -> list[dict]:
                 "val_accuracy": "" if trial.score is None or not completed else trial.score,
                 "epochs": "" if epochs is None else int(epochs),
                 "seconds": "" if seconds is None else round(seconds, 1),
+                **{k: _rounded(_metric(trial, k), 3) for k in EPOCH_TIMES},
                 "status": trial.status,
                 "mlflow_run_id": run_ids.get(trial.trial_id, ""),
             }
@@ -74,12 +85,15 @@ def best_hparams(oracle, run_ids: dict[str, str], context: dict) -> dict | None:
     }
     epochs = _metric(best, "epochs")
     params = _metric(best, "params")
+    samples = _metric(best, "train_samples")
     return {
         "trial_id": best.trial_id,
         "family": values.get("family"),
         "val_accuracy": best.score,
         "epochs": None if epochs is None else int(epochs),
         "params": None if params is None else int(params),
+        **{k: _metric(best, k) for k in EPOCH_TIMES},
+        "train_samples": int(samples) if samples else None,
         "hyperparameters": trial_params(values),
         "mlflow_run_id": run_ids.get(best.trial_id),
         **context,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import atomic, paths, tracking
+from pipeline import budget as budgets
 from pipeline.config import Params
 from pipeline.console import log
 from pipeline.errors import ConfigError, SearchFailedError
@@ -70,6 +71,7 @@ class Session:
     experiment_id: str
     parent_run_id: str
     deadline: float | None
+    clock: budgets.Clock | None = None
     started: float = field(default_factory=time.monotonic)
     spent_before: float = 0.0
     ended: bool = False
@@ -82,6 +84,10 @@ class Session:
     def dataset(self) -> str:
         return self.params.data.dataset
 
+    def spent_s(self) -> float:
+        """Seconds this search has run, earlier runs of a resumed search included."""
+        return self.spent_before + time.monotonic() - self.started
+
     def save_state(self) -> None:
         """Record the fingerprint, the parent run and the budget spent so far."""
         saved_state.save(
@@ -90,7 +96,7 @@ class Session:
                 "parent_run_id": self.parent_run_id,
                 "experiment_id": self.experiment_id,
                 "tracking_uri_sha256": saved_state.store_digest(self.uri),
-                "spent_s": round(self.spent_before + time.monotonic() - self.started, 1),
+                "spent_s": round(self.spent_s(), 1),
             }
         )
 
@@ -106,8 +112,14 @@ class Session:
 experiment_name = tracking.experiment_name
 
 
-def open_session(params: Params) -> Session:
-    """Validate everything that can be checked cheaply, then attach to MLflow."""
+def open_session(params: Params, started_at: float | None = None) -> Session:
+    """Validate everything that can be checked cheaply, then attach to MLflow.
+
+    ``started_at``: the ``time.time()`` at which the stage started, where the run's budget
+    clock starts (default: now).
+    """
+    started_at = time.time() if started_at is None else started_at
+    started = time.monotonic() - max(0.0, time.time() - started_at)
     tune = params.tune
     space_file = Path(tune.search_space)
     space = load_search_space(space_file)
@@ -148,9 +160,8 @@ def open_session(params: Params) -> Session:
     tracking.mark_orphans_killed(client, exp_id)
 
     spent = float(saved.get("spent_s", 0.0)) if saved else 0.0
-    deadline = None
-    if tune.time_budget_minutes is not None:
-        deadline = time.time() + max(0.0, tune.time_budget_minutes * 60 - spent)
+    clock = budgets.start_clock(params.budget, started_at, spent)
+    deadline = None if clock is None else clock.search_deadline
 
     parent = _reattach(client, saved, exp_id) if saved else None
     if parent is None:
@@ -163,6 +174,7 @@ def open_session(params: Params) -> Session:
         run = client.create_run(exp_id, run_name=f"tune-{tune.algorithm}", tags=tags)
         parent = run.info.run_id
         settings = {f"tune.{k}": v for k, v in tune.model_dump(mode="json").items()}
+        settings.update(_budget_settings(params))
         settings["search_space_sha256"] = fingerprint["search_space_sha256"]
         client.log_batch(parent, params=tracking.params_list(settings))
         log(
@@ -177,6 +189,8 @@ def open_session(params: Params) -> Session:
     # MLflow params cannot change; settings a resume may change are also current tags.
     for key in sorted(saved_state.RESUMABLE_SETTINGS):
         client.set_tag(parent, f"current.tune.{key}", str(getattr(tune, key)))
+    for key, value in _budget_settings(params).items():
+        client.set_tag(parent, f"current.{key}", str(value))
     # Workers read the deadline here; "none" also clears one left by an earlier run.
     client.set_tag(parent, DEADLINE_TAG, "none" if deadline is None else f"{deadline:.3f}")
     session = Session(
@@ -190,10 +204,16 @@ def open_session(params: Params) -> Session:
         experiment_id=exp_id,
         parent_run_id=parent,
         deadline=deadline,
+        clock=clock,
+        started=started,
         spent_before=spent,
     )
     session.save_state()
     return session
+
+
+def _budget_settings(params: Params) -> dict:
+    return {f"budget.{k}": v for k, v in params.budget.model_dump(mode="json").items()}
 
 
 def _reattach(client, saved: dict, exp_id: str) -> str | None:
@@ -260,6 +280,7 @@ def build_tuner(session: Session, splits, worker: bool = False):
             patience=tune.early_stopping_patience,
             seed=tune.seed,
             max_trials=tune.max_trials,
+            train_samples=len(splits.train),
             after_trial=None if worker else session.save_state,
             dtype_policy=policy,
             directory=str(paths.TUNER_DIR),
@@ -312,6 +333,7 @@ def finish(session: Session, oracle, splits_meta: dict) -> int:
         "mlflow_experiment_id": session.experiment_id,
     }
     best = outputs.best_hparams(oracle, run_ids, context)
+    _write_budget(session, best)
     completed = sum(r["status"] == "COMPLETED" for r in rows)
     failed = sum(r["status"] in ("FAILED", "INVALID") for r in rows)
     client, parent = session.client, session.parent_run_id
@@ -336,7 +358,7 @@ def finish(session: Session, oracle, splits_meta: dict) -> int:
         session.end_parent("FAILED")
         raise SearchFailedError(
             f"no trial completed ({failed} failed, stop: {reason}); see {paths.LEADERBOARD}; "
-            "raise tune.time_budget_minutes or tune.max_params, or check the failed runs"
+            "raise budget.minutes or tune.max_params, or check the failed runs"
         )
     session.end_parent("FINISHED")
     log(
@@ -345,6 +367,20 @@ def finish(session: Session, oracle, splits_meta: dict) -> int:
         f"wrote {paths.LEADERBOARD} and {paths.BEST_HPARAMS}"
     )
     return 0
+
+
+def _write_budget(session: Session, best: dict | None) -> None:
+    """``reports/tuning/budget.json`` (the clock, what the search spent) and the parent run's
+    budget metrics; the train stage adds the final training's plan to both."""
+    spent = session.spent_s()
+    record = budgets.tune_record(session.params.budget, session.clock, spent, best)
+    atomic.write_json(paths.TUNE_BUDGET, record)
+    client, parent = session.client, session.parent_run_id
+    client.log_artifact(parent, str(paths.TUNE_BUDGET), "tuning")
+    metrics = {"budget_search_seconds": spent}
+    if session.clock is not None:
+        metrics["budget_planned_search_seconds"] = record["planned_search_seconds"]
+    tracking.log_metrics(client, parent, metrics)
 
 
 def _last_failure(rows: list[dict], oracle) -> str:

@@ -23,7 +23,6 @@ from pipeline.redact import redact
 RESUMABLE_SETTINGS = {
     "resume",
     "max_trials",
-    "time_budget_minutes",
     "max_consecutive_failed_trials",
     "max_retries_per_trial",
 }

@@ -3,7 +3,8 @@
 Each trial is a nested MLflow run under the search's parent run: its active
 hyperparameters as params, per-epoch metrics, parameter count, wall time and status
 (FAILED with the traceback as an artifact). Per trial the tuner also adds early
-stopping, a NaN guard and the time-budget stop to the trial's callbacks.
+stopping, a NaN guard and the time-budget stop to the trial's callbacks, and times its
+epochs: the train stage sizes the final training from the best trial's epoch time.
 """
 
 import math
@@ -16,8 +17,10 @@ import numpy as np
 from keras_tuner.engine.trial import TrialStatus
 
 from pipeline import tracking
+from pipeline.budget_callbacks import DeadlineStop, slow_epoch_callbacks
 from pipeline.console import log
 from pipeline.search.hypermodel import active_values
+from pipeline.tuning import tf_compat
 from pipeline.tuning.kt_compat import TunerCompat, runs_before
 
 TRIAL_ROLE = "tune-trial"
@@ -45,20 +48,6 @@ class EpochLogger(keras.callbacks.Callback):
         tracking.log_metrics(self.client, self.run_id, metrics, step=epoch)
 
 
-class DeadlineStop(keras.callbacks.Callback):
-    """Stops training at the end of the epoch that crosses the deadline."""
-
-    def __init__(self, deadline: float | None):
-        super().__init__()
-        self.deadline = deadline
-        self.fired = False
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.deadline is not None and time.time() >= self.deadline:
-            self.fired = True
-            self.model.stop_training = True
-
-
 class NanLossError(ValueError):
     """The loss became NaN or infinite; Keras Tuner marks the trial INVALID (retried)."""
 
@@ -76,6 +65,7 @@ class PipelineTunerMixin(TunerCompat):
         patience: Early stopping patience in epochs (None: off).
         seed: Base seed; trial ``n`` trains with ``seed + n``.
         max_trials: For the console's ``n/N``.
+        train_samples: Training images per epoch (epoch time per image, for the budget).
         after_trial: Called after each trial's state is saved (the stage records the
             budget spent, so a SIGKILL loses at most one trial's worth).
         dtype_policy: Keras dtype policy of every trial's model (``mixed_float16`` for
@@ -94,6 +84,7 @@ class PipelineTunerMixin(TunerCompat):
         patience: int | None,
         seed: int,
         max_trials: int,
+        train_samples: int = 0,
         after_trial=None,
         dtype_policy: str = "float32",
         **kwargs,
@@ -105,6 +96,7 @@ class PipelineTunerMixin(TunerCompat):
         self.patience = patience
         self.seed = seed
         self.max_trials = max_trials
+        self.train_samples = train_samples
         self.after_trial = after_trial
         self.dtype_policy = dtype_policy
         self.current_run_id: str | None = None
@@ -113,6 +105,9 @@ class PipelineTunerMixin(TunerCompat):
         self._deadline_stops: list[DeadlineStop] = []
         self._result: dict | None = None
         keras_tuner.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
+        self._on_tensorflow = keras.backend.backend() == "tensorflow"
+        if self._on_tensorflow:
+            tf_compat.check_version()
 
     # -- a trial's life -------------------------------------------------------------------
     def on_trial_begin(self, trial):
@@ -154,7 +149,8 @@ class PipelineTunerMixin(TunerCompat):
     def trial_callbacks(self, trial) -> list:
         stop = DeadlineStop(self.deadline)
         self._deadline_stops.append(stop)
-        callbacks = [keras.callbacks.TerminateOnNaN(), stop]
+        # The test knob's sleep first: it is part of the epoch the deadline stop times.
+        callbacks = [*slow_epoch_callbacks(), stop, keras.callbacks.TerminateOnNaN()]
         if self.current_run_id is not None:
             callbacks.append(EpochLogger(self.mlflow, self.current_run_id))
         if self.patience:
@@ -184,6 +180,8 @@ class PipelineTunerMixin(TunerCompat):
             "params": float(self._params_count or 0),
             "epochs": float(epochs),
             "seconds": time.monotonic() - self._trial_start,
+            **epoch_timing([s.epoch_times for s in self._deadline_stops]),
+            "train_samples": float(self.train_samples),
         }
         return dict(self._result)
 
@@ -194,6 +192,10 @@ class PipelineTunerMixin(TunerCompat):
         # used up: FAILED) is what the run is tagged with.
         super().on_trial_end(trial)
         status = self.oracle.get_trial(trial.trial_id).status
+        if self._on_tensorflow:
+            # Else the trial's traced graphs stay in TensorFlow's gradient registry for
+            # good: ~20 MB per trial (tf_compat); the next build's gc.collect frees them.
+            tf_compat.forget_custom_gradients()
         self._close_trial_run(trial, status, seconds)
         if self.after_trial is not None:
             self.after_trial()
@@ -209,6 +211,9 @@ class PipelineTunerMixin(TunerCompat):
         if self._result is not None:
             metrics["best_val_accuracy"] = self._result["val_accuracy"]
             metrics["epochs"] = self._result["epochs"]
+            for key in ("epoch_seconds", "first_epoch_seconds"):
+                if key in self._result:
+                    metrics[key] = self._result[key]
         tracking.log_metrics(self.mlflow, run_id, metrics)
         tags = {STATUS_TAG: status}
         if any(s.fired for s in self._deadline_stops):
@@ -246,6 +251,23 @@ class PipelineTunerMixin(TunerCompat):
         if self.deadline is not None:
             line += f"  budget left {_duration(max(0.0, self.deadline - time.time()))}"
         log(line)
+
+
+def epoch_timing(executions: list[list[float]]) -> dict[str, float]:
+    """A trial's ``first_epoch_seconds`` and steady ``epoch_seconds`` (means over executions).
+
+    The first epoch of each execution also traces and compiles the model; the steady time
+    is the mean of the later ones (the first's when it was the only one).
+    """
+    firsts = [times[0] for times in executions if times]
+    later = [t for times in executions for t in times[1:]]
+    if not firsts:
+        return {}
+    first = float(np.mean(firsts))
+    return {
+        "first_epoch_seconds": first,
+        "epoch_seconds": float(np.mean(later)) if later else first,
+    }
 
 
 def _trial_number(trial_id) -> int:

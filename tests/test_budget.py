@@ -1,0 +1,145 @@
+"""The run's budget arithmetic: the search's share, the final training's epochs and clock."""
+
+import pytest
+
+from pipeline import budget as budgets
+from pipeline.config import BudgetParams
+
+TIME = BudgetParams(mode="time", minutes=11, reserve_minutes=1, search_share=0.4)
+
+
+def test_the_search_gets_its_share_of_the_budget_less_the_reserve():
+    clock = budgets.start_clock(TIME, now=1000.0)
+    assert clock.started_at == 1000.0
+    assert clock.search_deadline == pytest.approx(1000 + 600 * 0.4)
+    assert clock.deadline == pytest.approx(1000 + 600)  # train ends by then; reserve after
+
+
+def test_a_resumed_search_counts_what_it_spent_before():
+    clock = budgets.start_clock(TIME, now=1000.0, spent_before=100.0)
+    assert clock.search_deadline == pytest.approx(1000 + 240 - 100)
+    assert clock.deadline == pytest.approx(1000 + 600 - 100)
+
+
+def test_epochs_mode_has_no_clock_and_trains_every_epoch():
+    epochs = BudgetParams(mode="epochs")
+    assert budgets.start_clock(epochs, now=0.0) is None
+    best = {"epoch_seconds": 100.0, "train_samples": 10}
+    plan = budgets.plan_training(epochs, None, best, 1000, max_epochs=20, now=0.0)
+    assert (plan.epochs, plan.deadline) == (20, None)
+
+
+def test_the_epoch_estimate_scales_with_the_training_images_and_adds_the_warmup_once():
+    best = {"epoch_seconds": 2.0, "first_epoch_seconds": 5.0, "train_samples": 1000}
+    estimate = budgets.estimate_epoch(best, 4000)
+    assert estimate.epoch_s == pytest.approx(8.0)
+    assert estimate.warmup_s == pytest.approx(3.0)
+    assert budgets.estimate_epoch({"epoch_seconds": None}, 4000) is None
+
+
+@pytest.mark.parametrize(
+    ("left", "expected"), [(83.0, 10), (11.0, 1), (-5.0, 1), (1000.0, 20), (82.9, 9)]
+)
+def test_planned_epochs_fill_what_is_left_between_one_and_train_epochs(left, expected):
+    estimate = budgets.EpochEstimate(epoch_s=8.0, warmup_s=3.0, per_sample_s=0.002)
+    assert budgets.plan_epochs(left, estimate, max_epochs=20) == expected
+
+
+def test_train_runs_on_tunes_clock_right_after_it_else_on_its_own_share():
+    tuned = {**TIME.model_dump(mode="json"), "deadline": 2000.0, "ended_at": 1500.0}
+    assert budgets.train_deadline(TIME, tuned, now=1510.0) == (2000.0, "tune")
+    # DVC reused tune's outputs from an earlier run: the train stage's own share.
+    late = 1500.0 + budgets.SAME_RUN_GAP_S + 1
+    assert budgets.train_deadline(TIME, tuned, now=late) == (late + 600 * 0.6, "own share")
+    # Tuned under other budget settings: not this run's clock.
+    other = {**tuned, "minutes": 30}
+    assert budgets.train_deadline(TIME, other, now=1510.0)[1] == "own share"
+    assert budgets.train_deadline(TIME, None, now=1510.0)[1] == "own share"
+
+
+def test_the_plan_keeps_time_to_save_the_model_before_the_deadline():
+    tuned = {**TIME.model_dump(mode="json"), "deadline": 1100.0, "ended_at": 1000.0}
+    best = {"epoch_seconds": 10.0, "first_epoch_seconds": 10.0, "train_samples": 100}
+    plan = budgets.plan_training(TIME, tuned, best, 100, max_epochs=50, now=1000.0)
+    assert plan.left_s == pytest.approx(100 - budgets.FINISH_S)
+    assert plan.epochs == int((100 - budgets.FINISH_S) // 10)
+    assert plan.fit_deadline == pytest.approx(1100 - budgets.FINISH_S)
+
+
+def test_the_next_epoch_must_fit_before_the_deadline():
+    # Typical epoch: the mean after the first (which also compiles).
+    assert budgets.next_epoch_fits(100.0, 106.0, [9.0, 5.0, 5.0])
+    assert not budgets.next_epoch_fits(100.0, 104.0, [9.0, 5.0, 5.0])
+    # Only the first epoch so far: it is the estimate (on the safe side).
+    assert not budgets.next_epoch_fits(100.0, 108.0, [9.0])
+
+
+def test_the_run_record_adds_up_search_and_training():
+    tuned = {
+        **TIME.model_dump(mode="json"),
+        "started_at": 1000.0,
+        "deadline": 1600.0,
+        "ended_at": 1250.0,
+        "search_seconds": 245.0,
+        "planned_search_seconds": 240.0,
+    }
+    estimate = budgets.EpochEstimate(epoch_s=30.0, warmup_s=2.0, per_sample_s=0.01)
+    plan = budgets.TrainingPlan(11, 1600.0, "tune", estimate, 340.0)
+    record = budgets.run_record(TIME, tuned, plan, 1255.0, 1590.0, 11, False)
+    assert record["total_seconds"] == 590.0 and record["train_seconds"] == 335.0
+    assert record["search_seconds"] == 245.0 and record["planned_final_epochs"] == 11
+    assert record["within_budget"] is True and record["clock"] == "tune"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("slow_epoch_s", [0.0, 2.0])
+def test_tune_and_train_end_within_the_budget_on_a_slower_machine(tmp_path, slow_epoch_s):
+    """1.5 minutes for tune + train on digits; with 2 s added to every epoch (about 10x
+    slower epochs on this machine) the run still ends within the budget + 5 %."""
+    import json
+    import time
+
+    import yaml
+
+    from tests.conftest import run_cli
+    from tests.tune_helpers import write_space
+
+    minutes = 1.5
+    params = {
+        "data": {"dataset": "digits"},
+        "tune": {
+            "search_space": write_space(tmp_path),
+            "algorithm": "random",
+            "max_trials": 1000,
+            "max_epochs": 3,
+            "batch_size": 64,
+            "early_stopping_patience": None,
+        },
+        "train": {"epochs": 100, "batch_size": 64, "early_stopping_patience": None},
+        "budget": {"mode": "time", "minutes": minutes, "reserve_minutes": 0},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for stage in ("download", "preprocess"):
+        assert run_cli(stage, cwd=tmp_path).returncode == 0
+    env = {budgets.SLOW_EPOCH_ENV: str(slow_epoch_s)}
+    launched = time.time()
+    tune = run_cli("tune", cwd=tmp_path, env=env, timeout=600)
+    assert tune.returncode == 0, tune.stderr[-2000:]
+    train = run_cli("train", cwd=tmp_path, env=env, timeout=600)
+    assert train.returncode == 0, train.stderr[-2000:]
+    ended = time.time()
+    record = json.loads((tmp_path / "reports" / "budget.json").read_text())
+    # Before its clock starts the tune process only starts Python and reads params.yaml:
+    # that start is all that is outside the budget (measured, about a second).
+    start_overhead = record["started_at"] - launched
+    assert 0 <= start_overhead < 5
+    assert record["clock"] == "tune" and record["within_budget"] is True
+    timing = (
+        f"tune+train {ended - record['started_at']:.1f}s of {minutes * 60:.0f}s; record {record}; "
+        f"train log: {train.stderr[-3000:]}"
+    )
+    assert ended - record["started_at"] <= minutes * 60 * 1.05, timing
+    assert ended - launched <= minutes * 60 * 1.05 + start_overhead
+    # The budget is used, not left idle: at least most of it went to the two stages.
+    assert ended - launched >= minutes * 60 * 0.7
+    assert record["epochs_run"] >= 1 and record["search_seconds"] > 0
