@@ -343,6 +343,7 @@ def ours_test_worker(workdir: Path) -> dict:
         tune=tune,
         space=space,
         dataset=params.data.dataset,
+        params=params,
         deadline=None,
         client=None,
         experiment_id="",

@@ -73,7 +73,10 @@ def test_loading_keras_and_tensorflow_prints_no_banner():
 def _tiny_model():
     import keras
 
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    from pipeline.model_input import pixel_inputs
+
+    inputs, x = pixel_inputs((4,))  # as every model of the pipeline starts
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     return model
 
