@@ -92,10 +92,13 @@ def test_the_run_record_adds_up_search_and_training():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("slow_epoch_s", [0.0, 2.0])
-def test_tune_and_train_end_within_the_budget_on_a_slower_machine(tmp_path, slow_epoch_s):
+def test_tune_and_train_end_within_the_budget_on_a_slower_machine(tmp_path):
     """1.5 minutes for tune + train on digits; with 2 s added to every epoch (about 10x
-    slower epochs on this machine) the run still ends within the budget + 5 %."""
+    slower epochs on this machine) the run still ends within the budget + 5 %, and uses it.
+
+    Epoch and trial counts are far more than fit, so on any machine the clock, not the
+    work, ends both stages (with 100 final epochs a fast CI machine finished early)."""
+    slow_epoch_s = 2.0
     import json
     import time
 
@@ -115,7 +118,7 @@ def test_tune_and_train_end_within_the_budget_on_a_slower_machine(tmp_path, slow
             "batch_size": 64,
             "early_stopping_patience": None,
         },
-        "train": {"epochs": 100, "batch_size": 64, "early_stopping_patience": None},
+        "train": {"epochs": 10000, "batch_size": 64, "early_stopping_patience": None},
         "budget": {"mode": "time", "minutes": minutes, "reserve_minutes": 0},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 
 BIN = Path(sys.executable).parent
 CLASSES = ("cat", "dog")
-PER_CLASS = 24
+PER_CLASS = 16
 STAGES = ("download", "preprocess", "tune", "train", "evaluate", "register")
 
 
@@ -122,11 +122,11 @@ def _assert_predict_names_a_class(repo: Path, photo: Path) -> None:
 
 def test_the_same_folder_with_the_shipped_params_goes_through_the_dag(tmp_path, photos):
     # The shipped params.yaml, the folder named, and only the run's budget cut from 15
-    # minutes to 3 (a 1-minute search, a 1-minute final training; the rest is as shipped).
+    # minutes to 2 (a 30-second search, a 30-second final training; the rest is as shipped).
     repo = dvc_project(
         tmp_path / "repo",
         data={"dataset": "image_folder", "image_folder": str(photos)},
-        budget={"minutes": 3},  # search: half of 3 - 1 (reserve) = 1 minute
+        budget={"minutes": 2},  # search: half of 2 - 1 (reserve) = 30 seconds
     )
     done = _run(["dvc", "repro"], repo)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
