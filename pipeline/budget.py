@@ -30,6 +30,11 @@ SAME_RUN_GAP_S = 120.0
 # finishing (reports/budget.json's finish_seconds); with 10 s, the slow tune+train test
 # once ended 7 s past its deadline on a machine shared with other jobs.
 FINISH_S = 20.0
+# In a skipped trial's message: the search skips (and does not count as a failure) a
+# configuration whose final training could not fit budget.min_final_epochs epochs.
+SKIPPED_MARK = "too slow for the budget"
+# Batches a trial times (after two for tracing) before it estimates its epoch time.
+PROBE_BATCHES = 5
 
 
 def run_seconds(budget: BudgetParams) -> float:
@@ -134,6 +139,40 @@ def plan_epochs(left_s: float, estimate: EpochEstimate | None, max_epochs: int) 
         return max_epochs
     fits = math.floor((left_s - estimate.warmup_s) / estimate.epoch_s)
     return max(1, min(max_epochs, fits))
+
+
+def final_training_seconds(budget: BudgetParams) -> float | None:
+    """Seconds the final training gets in time mode (after finishing); None: no clock, or
+    a search-only budget (search_share 1), where nothing is skipped for cost."""
+    if budget.mode != "time" or budget.search_share >= 1.0:
+        return None
+    return max(0.0, train_share_seconds(budget) - FINISH_S)
+
+
+def too_slow(
+    batch_seconds: list[float],
+    batch_size: int,
+    final_samples: int,
+    final_seconds: float | None,
+    min_epochs: int,
+) -> str | None:
+    """Why a configuration is too slow for the budget, or None when it fits.
+
+    Its final training's epoch over ``final_samples`` images is estimated from the median
+    of the timed batches (the validation pass adds about a tenth); it must fit
+    ``min_epochs`` epochs in ``final_seconds``.
+    """
+    if final_seconds is None or not batch_seconds or final_samples <= 0:
+        return None
+    per_sample = sorted(batch_seconds)[len(batch_seconds) // 2] / max(1, batch_size)
+    epoch_s = per_sample * final_samples * 1.1
+    if epoch_s * min_epochs <= final_seconds:
+        return None
+    return (
+        f"{SKIPPED_MARK}: its final training would take ~{epoch_s:.0f}s per epoch on "
+        f"{final_samples} images; {min_epochs} epochs do not fit the "
+        f"{final_seconds:.0f}s left for it (budget.min_final_epochs)"
+    )
 
 
 def next_epoch_fits(now: float, deadline: float, epoch_times: list[float]) -> bool:

@@ -177,6 +177,17 @@ class TrainParams(_Section):
         None, description="train this reference preset instead of the best trial (a baseline)"
     )
     seed: int = Field(42, ge=0, description="seed of the weights and the shuffling")
+    lr_schedule: Literal["cosine", "as_tuned"] = Field(
+        "cosine",
+        description="cosine: a tuned model's learning rate decays to 0 over the planned "
+        "epochs (in time mode early stopping is then off: the budget sets the length, the "
+        "best epoch is kept); as_tuned: the trial's own schedule",
+    )
+    test_time_flips: bool = Field(
+        True,
+        description="average the final model over each image and its mirror image when that "
+        "raises validation accuracy (datasets whose augmentation flips images)",
+    )
 
 
 class BudgetParams(_Section):
@@ -205,6 +216,13 @@ class BudgetParams(_Section):
         le=1,
         description="time mode: the search's share of minutes - reserve_minutes; the final "
         "training gets the rest and what the search did not use",
+    )
+    min_final_epochs: int = Field(
+        8,
+        ge=1,
+        description="time mode: the search skips a configuration whose final training could "
+        "not fit this many epochs in the final training's share (its epoch time estimated "
+        "from its first batches)",
     )
 
     @model_validator(mode="after")

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.errors import ConfigError
 from pipeline.families import FAMILY_NAMES
@@ -187,3 +188,38 @@ def test_a_space_without_adamw_needs_no_adamw_weight_decay(tmp_path):
     space = load_search_space(_write(tmp_path, text))
     assert space.optimizer.adamw_weight_decay is None
     assert "adamw_weight_decay" not in space.optimizer.specs()
+
+
+def _space_with_seeds(tmp_path, seeds) -> Path:
+    data = yaml.safe_load((ROOT / "search_spaces" / "small.yaml").read_text())
+    data["seeds"] = seeds
+    path = tmp_path / "seeded.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_seeds_name_values_by_family_common_and_optimizer_keys(tmp_path):
+    seed = {"family": "simple_cnn", "filters": 32, "augment": True, "optimizer": "sgd"}
+    space = load_search_space(_space_with_seeds(tmp_path, [seed]))
+    assert space.seed_values(space.seeds[0]) == {
+        "family": "simple_cnn",
+        "simple_cnn/filters": 32,
+        "augment": True,
+        "optimizer": "sgd",
+    }
+
+
+@pytest.mark.parametrize(
+    "seed, message",
+    [
+        ({"family": "xception"}, "seeds.0: family 'xception' is not in this space"),
+        ({"family": "mlp", "filters": 16}, "seeds.0: 'filters' is not a hyperparameter of mlp"),
+        ({"family": "simple_cnn", "filters": 4096}, "seeds.0: filters: 4096 is not in [16"),
+        ({"family": "mlp", "optimizer": "lion"}, "seeds.0: optimizer: 'lion' is not in ["),
+        ({"family": "mlp", "augment": 1}, "seeds.0: augment: 1 is not in"),
+    ],
+)
+def test_a_bad_seed_is_a_one_line_error_naming_it(tmp_path, seed, message):
+    with pytest.raises(ConfigError) as err:
+        load_search_space(_space_with_seeds(tmp_path, [seed]))
+    assert message in str(err.value) and "\n" not in str(err.value)

@@ -127,6 +127,7 @@ def test_trains_the_tuned_configuration_and_writes_every_output(proj, capsys):
     assert info["num_classes"] == 10 and info["dataset"] == "digits"
     assert info["train_seconds"] > 0
     assert info["mlflow_experiment_id"] == best["mlflow_experiment_id"]
+    assert info["test_time_flips"] is False  # digits: a mirrored 2 is not a 2
 
     client = mlflow_client(proj.path)
     (run,) = train_runs(client)
@@ -283,7 +284,13 @@ def test_smoothing_and_augmentation_models_load_without_the_pipeline(proj):
     assert done.stdout.strip() == "(2, 10) 2.0"
 
 
-BUDGET = {"mode": "time", "minutes": 10, "reserve_minutes": 0, "search_share": 0.5}
+BUDGET = {
+    "mode": "time",
+    "minutes": 10,
+    "reserve_minutes": 0,
+    "search_share": 0.5,
+    "min_final_epochs": 8,
+}
 
 
 def _tuned_just_now(root, seconds_left: float, epoch_seconds: float) -> None:

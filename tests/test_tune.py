@@ -310,7 +310,10 @@ def test_changed_data_starts_a_fresh_search(tuned, capsys):
 
 
 def test_a_budget_ends_a_search_midway_and_the_stage_succeeds(tuned):
-    assert tuned.run(max_trials=200, budget={"minutes": 0.2, "reserve_minutes": 0}) == 0
+    # All of it for the search (search_share 1): no final training, so nothing is skipped
+    # as too slow for one.
+    budget = {"minutes": 0.2, "reserve_minutes": 0, "search_share": 1.0}
+    assert tuned.run(max_trials=200, budget=budget) == 0
     board = read_leaderboard(tuned.root)
     assert 1 <= len(board) < 200
     assert all(r["status"] == "COMPLETED" for r in board)
@@ -404,3 +407,56 @@ def test_epochs_mode_runs_the_same_trials_with_the_same_scores_on_a_slower_machi
     assert slow == fast
     spent = json.loads((tuned.root / "reports" / "tuning" / "budget.json").read_text())
     assert spent["mode"] == "epochs" and "search_deadline" not in spent
+
+
+def _with_seeds(*seeds: dict) -> dict:
+    space = json.loads(json.dumps(TINY_SPACE))
+    space["seeds"] = list(seeds)
+    return space
+
+
+def test_the_seeds_are_tried_first_in_order_and_a_resume_does_not_repeat_them(tuned):
+    cnn = {"family": "simple_cnn", "filters": 16, "dropout": 0.1, "optimizer": "sgd"}
+    mlp = {"family": "mlp", "units": 64, "learning_rate": 5.0e-3}
+    space = _with_seeds(cnn, mlp)
+    assert tuned.run(space=space, max_trials=2) == 0
+    trials = saved_trials(tuned.root)
+    first = trials["0"]["hyperparameters"]["values"]
+    second = trials["1"]["hyperparameters"]["values"]
+    assert first["family"] == "simple_cnn" and first["simple_cnn/filters"] == 16
+    assert first["dropout"] == 0.1 and first["optimizer"] == "sgd"
+    # What a seed does not name takes the space's default.
+    assert (
+        first["simple_cnn/kernel_size"]
+        == TINY_SPACE["families"]["simple_cnn"]["kernel_size"]["default"]
+    )
+    assert second["family"] == "mlp" and second["mlp/units"] == 64
+    assert second["learning_rate"] == 5.0e-3
+    # A resumed search with a higher max_trials explores; it does not run a seed again.
+    assert tuned.run(space=space, max_trials=4) == 0
+    trials = saved_trials(tuned.root)
+    assert len(trials) == 4
+    later = [trials[t]["hyperparameters"]["values"] for t in ("2", "3")]
+    assert all(v != first and v != second for v in later)
+
+
+def test_configurations_too_slow_for_the_final_training_are_skipped_not_failed(tuned, capsys):
+    # 30 s of search, 10 s left for the final training after its finishing: no model can
+    # train a million epochs there. The first trial runs (the search needs one model), the
+    # others stop after their first timed batches, and the stage succeeds.
+    budget = {"minutes": 1.0, "reserve_minutes": 0, "min_final_epochs": 1_000_000}
+    assert (
+        tuned.run(max_trials=4, max_epochs=2, budget=budget, max_consecutive_failed_trials=1) == 0
+    )
+    board = read_leaderboard(tuned.root)
+    assert sorted(r["status"] for r in board) == ["COMPLETED", "SKIPPED", "SKIPPED", "SKIPPED"]
+    client = mlflow_client(tuned.root)
+    _, trials = parent_and_trials(client)
+    skipped = [r for r in trials if r.data.tags["trial_status"] == "SKIPPED"]
+    assert len(skipped) == 3 and all(r.info.status == "KILLED" for r in skipped)
+    assert all("budget.min_final_epochs" in r.data.tags["skipped_reason"] for r in skipped)
+    # Each stopped within a few batches of its first epoch: no epoch was logged.
+    assert all(not client.get_metric_history(r.info.run_id, "val_accuracy") for r in skipped)
+    err = capsys.readouterr().err
+    assert err.count("skipped, too slow for the budget") == 3
+    assert "1 trial(s) completed, 0 failed, 3 skipped as too slow for the budget" in err

@@ -176,6 +176,17 @@ class Hyperparameter(BaseModel):
             return [False, True]
         return [self.min, self.max]
 
+    def accepts(self, value: Any) -> bool:
+        """Whether ``value`` is one this hyperparameter can take (a seed's, say)."""
+        if self.type == "choice":  # true is not the value 1
+            same = [v for v in self.values if (type(v) is bool) == (type(value) is bool)]
+            return value in same
+        if self.type == "boolean":
+            return isinstance(value, bool)
+        if not _is_number(value) or (self.type == "int" and not isinstance(value, int)):
+            return False
+        return self.min <= value <= self.max
+
     def value_at(self, which: Which) -> Any:
         """The default, or the low (min, first choice, false) or high end of the range."""
         if which == "default":
@@ -364,6 +375,10 @@ class SearchSpace(BaseModel):
     common: CommonSpace
     augmentation: dict[str, list[Augmentation]]
     optimizer: OptimizerSpace
+    # Known-good configurations the search tries first, in order, before it explores: a
+    # family and the values that differ from the defaults (family, common or optimizer keys;
+    # the optimizer's `name` is written `optimizer`).
+    seeds: list[dict[str, Any]] = []
 
     @field_validator("augmentation")
     @classmethod
@@ -371,6 +386,51 @@ class SearchSpace(BaseModel):
         if "default" not in value:
             raise SpaceError("a 'default' entry is required (used for unlisted datasets)")
         return value
+
+    @model_validator(mode="after")
+    def _check_seeds(self) -> SearchSpace:
+        for number, seed in enumerate(self.seeds):
+            self.seed_values(seed, f"seeds.{number}")
+        return self
+
+    def seed_values(self, seed: Mapping[str, Any], where: str = "seed") -> dict[str, Any]:
+        """A seed as hyperparameter names (``simple_cnn/filters``, ``optimizer``, ...) -> values.
+
+        SpaceError (one line, naming the seed and key) for an unknown family or key, or a
+        value its hyperparameter cannot take.
+        """
+        family = seed.get("family")
+        if family not in self.family_names:
+            raise SpaceError(
+                f"family {family!r} is not in this space: {', '.join(self.family_names)}", where
+            )
+        groups = (
+            (self.family(family), lambda k: f"{family}/{k}"),
+            (self.common.specs(), str),
+            (self.optimizer.specs(), lambda k: "optimizer" if k == "name" else k),
+        )
+        named = {"family": family}
+        for key, value in seed.items():
+            if key == "family":
+                continue
+            found = [
+                (spec, hp_name(spec_key))
+                for specs, hp_name in groups
+                for spec_key, spec in specs.items()
+                if hp_name(spec_key) in (key, f"{family}/{key}")
+            ]
+            if not found:
+                raise SpaceError(
+                    f"{key!r} is not a hyperparameter of {family}, common or optimizer", where
+                )
+            spec, name = found[0]
+            if not spec.accepts(value):
+                allowed = {"choice": spec.values, "boolean": "[true, false]"}.get(
+                    spec.type, f"[{spec.min}, {spec.max}]"
+                )
+                raise SpaceError(f"{key}: {value!r} is not in {allowed}", where)
+            named[name] = value
+        return named
 
     @property
     def family_names(self) -> tuple[str, ...]:

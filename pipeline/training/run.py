@@ -56,9 +56,12 @@ def build_model(plan: plans.Plan, meta: dict, params: Params, steps_per_epoch: i
         return model
     from pipeline.families.backbones import WeightsSource
 
+    hyperparameters = dict(plan.hyperparameters)
+    if params.train.lr_schedule == "cosine":
+        hyperparameters["lr_schedule"] = "cosine"  # sized to this training's epochs
     return rebuild_tuned(
         plan.space_file,
-        plan.hyperparameters,
+        hyperparameters,
         input_shape,
         num_classes,
         dataset=params.data.dataset,
@@ -156,6 +159,7 @@ def train(
                 "best_val_accuracy": info["val_accuracy"],
                 "best_epoch": info["best_epoch"],
                 "epochs_run": info["epochs_run"],
+                **{k: info[k] for k in ("val_accuracy_plain", "val_accuracy_flips") if k in info},
             },
         )
         Backup(fingerprint).remove()
@@ -254,6 +258,12 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
         metrics = {k: row[k] for k in HISTORY_COLUMNS[1:] if math.isfinite(row[k])}
         tracking.log_metrics(client, run_id, metrics, step=int(row["epoch"]) - 1)
     patience = train_params.early_stopping_patience
+    if (
+        budget.deadline is not None
+        and plan.source == "tune"
+        and train_params.lr_schedule == "cosine"
+    ):
+        patience = None  # the schedule ends with the budget; stopping early wastes its end
     recorder = EpochRecorder(backup, epochs, patience, client, run_id)
     deadline = DeadlineStop(budget.fit_deadline)
     finished = done >= epochs or recorder.should_stop() or _nan_stopped(backup)
@@ -281,10 +291,7 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
             **fit,
         )
         if recorder.stopped_early:
-            log(
-                f"train: stopped early: no val_accuracy gain in "
-                f"{train_params.early_stopping_patience} epochs"
-            )
+            log(f"train: stopped early: no val_accuracy gain in {patience} epochs")
         elif _nan_stopped(backup):
             log("train: the loss became NaN; stopped, keeping the best epoch before it")
         elif deadline.fired:
@@ -298,6 +305,7 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
             "lower the learning rate or check the data"
         )
     model.load_weights(backup.best_weights(epoch))
+    model, flips = _choose_flips(model, plan, params, splits, budget)
     _save_model(model)
     if export:
         _export(model)
@@ -322,7 +330,39 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
         "tune_trial_id": plan.trial_id,
         "stopped_by_deadline": deadline.fired,
         "fit_ended_at": round(fit_ended_at, 3),
+        **flips,
     }
+
+
+def _choose_flips(model, plan, params: Params, splits, budget) -> tuple:
+    """The model to save, averaged over mirror images when that raises val accuracy.
+
+    Returns it and what model_info.json records: ``test_time_flips`` and, when they were
+    tried, the validation accuracy without and with them.
+    """
+    from pipeline.search import load_search_space
+    from pipeline.training import flips
+
+    space_file = plan.space_file or Path(params.tune.search_space)
+    if not params.train.test_time_flips or not space_file.is_file():
+        return model, {"test_time_flips": False}
+    if not flips.mirrors(load_search_space(space_file).augmentations_for(params.data.dataset)):
+        return model, {"test_time_flips": False}
+    est = budget.estimate
+    if budget.deadline is not None and est is not None:
+        # Two forward passes over val: about two thirds of a training pass's time per image.
+        cost = 0.7 * est.per_sample_s * len(splits.val)
+        if time.time() + cost > budget.deadline - budgets.FINISH_S / 2:
+            log("train: no time left to try test-time flips")
+            return model, {"test_time_flips": False}
+    plain, mirrored = flips.val_accuracies(model, splits.val)
+    keep = mirrored > plain
+    log(
+        f"train: test-time flips: val_accuracy {plain:.4f} -> {mirrored:.4f} averaged with "
+        f"mirror images; {'kept' if keep else 'not kept'}"
+    )
+    record = {"test_time_flips": keep, "val_accuracy_plain": plain, "val_accuracy_flips": mirrored}
+    return (flips.with_flips(model) if keep else model), record
 
 
 def _nan_stopped(backup: Backup) -> bool:

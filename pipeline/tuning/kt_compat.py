@@ -45,6 +45,7 @@ import json
 import threading
 from pathlib import Path
 
+import keras_tuner
 from keras_tuner.engine.trial import TrialStatus
 from keras_tuner.src import config as kt_config
 from keras_tuner.src import protos
@@ -53,6 +54,7 @@ from keras_tuner.src.engine import conditions as kt_conditions
 from keras_tuner.src.engine import oracle as kt_oracle
 
 from pipeline import atomic
+from pipeline.budget import SKIPPED_MARK
 
 
 # keras-team/keras-tuner#810 (for #301): its @synchronized has no try/finally (no issue filed).
@@ -85,6 +87,25 @@ class OracleCompat:
     """Mixed in before one of Keras Tuner's oracle classes: fixes, and retry bookkeeping."""
 
     failure: str | None = None  # set when max_consecutive_failed_trials is reached
+    # Known-good values (SearchSpace.seeds, as hyperparameter names) tried before any random
+    # ones; set by the stage. Seeds already tried (a resumed search) are skipped.
+    seed_queue: list[dict] = []
+
+    # No public API to enqueue chosen configurations (no issue filed): the random, Hyperband
+    # and Bayesian oracles draw each new trial's values from _random_values, so seeds go
+    # first there. GridSearch does not use it and ignores seeds.
+    def _random_values(self):
+        while self.seed_queue:
+            seed = self.seed_queue.pop(0)
+            hps = keras_tuner.HyperParameters()
+            for hp in self.hyperparameters.space:
+                hps.merge([hp])
+                if hps.is_active(hp):
+                    hps.values[hp.name] = seed.get(hp.name, hp.default)
+            values = hps.values
+            if not self._duplicate(values):
+                return values
+        return super()._random_values()
 
     # Re-wrapped in the synchronized above, so an error here releases the oracle's lock.
     @synchronized
@@ -115,9 +136,13 @@ class OracleCompat:
     def _check_consecutive_failures(self):
         # Keras Tuner scans the whole history, so a resumed search that once hit the limit
         # would stop at its next trial: count only the trailing streak.
+        # A trial skipped as too slow for the budget is a choice, not a failure: not counted.
         streak = 0
         for trial_id in reversed(self.end_order):
-            if self.trials[trial_id].status != TrialStatus.FAILED:
+            trial = self.trials[trial_id]
+            if SKIPPED_MARK in (trial.message or ""):
+                continue
+            if trial.status != TrialStatus.FAILED:
                 break
             streak += 1
         if streak >= self.max_consecutive_failed_trials:

@@ -7,6 +7,7 @@ from pathlib import Path
 from keras_tuner.engine.trial import TrialStatus
 
 from pipeline import atomic, paths
+from pipeline.budget import SKIPPED_MARK
 from pipeline.tuning.tuner import trial_params
 
 COLUMNS = [
@@ -57,7 +58,8 @@ def leaderboard(oracle, run_ids: dict[str, str]) -> list[dict]:
                 "epochs": "" if epochs is None else int(epochs),
                 "seconds": "" if seconds is None else round(seconds, 1),
                 **{k: _rounded(_metric(trial, k), 3) for k in EPOCH_TIMES},
-                "status": trial.status,
+                # SKIPPED: ruled out after a few batches as too slow for the budget
+                "status": "SKIPPED" if SKIPPED_MARK in (trial.message or "") else trial.status,
                 "mlflow_run_id": run_ids.get(trial.trial_id, ""),
             }
         )

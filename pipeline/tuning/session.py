@@ -268,7 +268,17 @@ def build_tuner(session: Session, splits, worker: bool = False):
         pretrained=WeightsSource(**session.params.pretrained.model_dump()),
     )
     oracle = make_oracle(tune, session.deadline)
+    oracle.seed_queue = [session.space.seed_values(seed) for seed in session.space.seeds]
     cls = TUNER_CLASSES[tune.algorithm]
+    final_seconds = budgets.final_training_seconds(session.params.budget)
+    cost_probe = None
+    if final_seconds is not None:
+        cost_probe = {
+            "batch_size": tune.batch_size,
+            "final_samples": int(splits.meta["images"]["train"]),
+            "final_seconds": final_seconds,
+            "min_epochs": session.params.budget.min_final_epochs,
+        }
     with hypermodel.without_pretrained_weights():
         tuner = cls(
             hypermodel,
@@ -283,6 +293,7 @@ def build_tuner(session: Session, splits, worker: bool = False):
             train_samples=len(splits.train),
             after_trial=None if worker else session.save_state,
             dtype_policy=policy,
+            cost_probe=cost_probe,
             directory=str(paths.TUNER_DIR),
             project_name=paths.TUNER_PROJECT,
             executions_per_trial=tune.executions_per_trial,
@@ -336,9 +347,10 @@ def finish(session: Session, oracle, splits_meta: dict) -> int:
     _write_budget(session, best)
     completed = sum(r["status"] == "COMPLETED" for r in rows)
     failed = sum(r["status"] in ("FAILED", "INVALID") for r in rows)
+    skipped = sum(r["status"] == "SKIPPED" for r in rows)
     client, parent = session.client, session.parent_run_id
     client.log_artifact(parent, str(paths.LEADERBOARD), "tuning")
-    metrics = {"trials_completed": completed, "trials_failed": failed}
+    metrics = {"trials_completed": completed, "trials_failed": failed, "trials_skipped": skipped}
     if best is not None:
         atomic.write_json(paths.BEST_HPARAMS, best)
         client.log_artifact(parent, str(paths.BEST_HPARAMS), "tuning")
@@ -357,12 +369,14 @@ def finish(session: Session, oracle, splits_meta: dict) -> int:
     if best is None:
         session.end_parent("FAILED")
         raise SearchFailedError(
-            f"no trial completed ({failed} failed, stop: {reason}); see {paths.LEADERBOARD}; "
-            "raise budget.minutes or tune.max_params, or check the failed runs"
+            f"no trial completed ({failed} failed, {skipped} skipped as too slow for the "
+            f"budget, stop: {reason}); see {paths.LEADERBOARD}; raise budget.minutes, lower "
+            "budget.min_final_epochs or tune.max_params, or check the failed runs"
         )
     session.end_parent("FINISHED")
     log(
-        f"tune: {completed} trial(s) completed, {failed} failed ({reason}); best: trial "
+        f"tune: {completed} trial(s) completed, {failed} failed, {skipped} skipped as too "
+        f"slow for the budget ({reason}); best: trial "
         f"{best['trial_id']} {best['family']} val_accuracy={best['val_accuracy']:.4f}; "
         f"wrote {paths.LEADERBOARD} and {paths.BEST_HPARAMS}"
     )

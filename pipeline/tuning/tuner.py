@@ -17,7 +17,8 @@ import numpy as np
 from keras_tuner.engine.trial import TrialStatus
 
 from pipeline import tracking
-from pipeline.budget_callbacks import DeadlineStop, slow_epoch_callbacks
+from pipeline.budget import SKIPPED_MARK
+from pipeline.budget_callbacks import CostProbe, DeadlineStop, slow_epoch_callbacks
 from pipeline.console import log
 from pipeline.search.hypermodel import active_values
 from pipeline.tuning import tf_compat
@@ -70,6 +71,9 @@ class PipelineTunerMixin(TunerCompat):
             budget spent, so a SIGKILL loses at most one trial's worth).
         dtype_policy: Keras dtype policy of every trial's model (``mixed_float16`` for
             mixed precision).
+        cost_probe: ``CostProbe``'s arguments (batch_size, final_samples, final_seconds,
+            min_epochs): trials too slow for the final training's share are skipped; None:
+            none are.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class PipelineTunerMixin(TunerCompat):
         train_samples: int = 0,
         after_trial=None,
         dtype_policy: str = "float32",
+        cost_probe: dict | None = None,
         **kwargs,
     ):
         self.mlflow = mlflow_client
@@ -99,6 +104,7 @@ class PipelineTunerMixin(TunerCompat):
         self.train_samples = train_samples
         self.after_trial = after_trial
         self.dtype_policy = dtype_policy
+        self.cost_probe = cost_probe
         self.current_run_id: str | None = None
         self._trial_start = 0.0
         self._params_count: int | None = None
@@ -151,6 +157,10 @@ class PipelineTunerMixin(TunerCompat):
         self._deadline_stops.append(stop)
         # The test knob's sleep first: it is part of the epoch the deadline stop times.
         callbacks = [*slow_epoch_callbacks(), stop, keras.callbacks.TerminateOnNaN()]
+        # Only once a trial has a score: a budget too small for any final training still
+        # yields a model (the first trial runs), as with the time budget.
+        if self.cost_probe is not None and self._a_trial_has_a_score():
+            callbacks.insert(0, CostProbe(**self.cost_probe))
         if self.current_run_id is not None:
             callbacks.append(EpochLogger(self.mlflow, self.current_run_id))
         if self.patience:
@@ -161,6 +171,11 @@ class PipelineTunerMixin(TunerCompat):
                 )
             )
         return callbacks
+
+    def _a_trial_has_a_score(self) -> bool:
+        # get_best_trials pads its answer with unfinished trials when too few completed.
+        best = self.oracle.get_best_trials(1)
+        return bool(best) and best[0].status == TrialStatus.COMPLETED and best[0].score is not None
 
     def run_trial(self, trial, *args, **kwargs):
         histories = super().run_trial(trial, *args, **kwargs)
@@ -215,13 +230,17 @@ class PipelineTunerMixin(TunerCompat):
                 if key in self._result:
                     metrics[key] = self._result[key]
         tracking.log_metrics(self.mlflow, run_id, metrics)
-        tags = {STATUS_TAG: status}
+        skipped = SKIPPED_MARK in (trial.message or "")
+        tags = {STATUS_TAG: "SKIPPED" if skipped else status}
         if any(s.fired for s in self._deadline_stops):
             tags["stopped_by_time_budget"] = "true"
         for key, value in tags.items():
             self.mlflow.set_tag(run_id, key, value)
         if status == TrialStatus.COMPLETED:
             self.mlflow.set_terminated(run_id, status="FINISHED")
+        elif skipped:  # not a failure: the budget ruled it out after a few batches
+            self.mlflow.set_tag(run_id, "skipped_reason", last_line(trial.message))
+            self.mlflow.set_terminated(run_id, status="KILLED")
         else:
             self.mlflow.log_text(run_id, trial.message or "(no message)", "traceback.txt")
             self.mlflow.set_terminated(run_id, status="FAILED")
@@ -242,6 +261,8 @@ class PipelineTunerMixin(TunerCompat):
         )
         if status == TrialStatus.COMPLETED and self._result is not None:
             outcome = f"val_accuracy={self._result['val_accuracy']:.4f}"
+        elif SKIPPED_MARK in (trial.message or ""):
+            outcome = "skipped, " + last_line(trial.message).split(": ", 1)[-1]
         else:
             retry = " (will be retried)" if status == TrialStatus.INVALID else ""
             outcome = f"{status}{retry}: {last_line(trial.message)}"
