@@ -105,7 +105,7 @@ def peers_python() -> Path:
     python = PEERS_VENV / "bin" / "python"
     if not python.is_file():
         raise NotRun(
-            f"no {PEERS_VENV.relative_to(ROOT)}; create it with "
+            f"no {PEERS_VENV}; create it with "
             "`.venv/bin/python bench/peers.py --setup` (AutoKeras 3.0.0, a few minutes)"
         )
     return python
@@ -119,7 +119,7 @@ def setup() -> int:
     pip = [str(python), "-m", "pip", "install", "--quiet"]
     subprocess.run([*pip, "--upgrade", "pip"], check=True)
     subprocess.run([*pip, "-r", str(PEERS_REQUIREMENTS)], check=True)
-    print(f"peers bench: {PEERS_VENV.relative_to(ROOT)} ready (AutoKeras side)")
+    print(f"peers bench: {PEERS_VENV} ready (AutoKeras side)")
     return 0
 
 
