@@ -42,7 +42,6 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -60,6 +59,7 @@ from bench.common import (  # noqa: E402 - after the path entry that finds it
     load_project,
     plain_random_search,
     prepare,
+    run_and_report,
     shipped_params,
     time_to_target,
     trial_epochs,
@@ -359,17 +359,7 @@ def main(argv=None) -> int:
             side = args.worker.removesuffix("-test")
             (workdir / f"{side}-result.json").write_text(json.dumps(result))
         return 0
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        results = run(args.workdir.resolve(), args)
-    else:
-        with tempfile.TemporaryDirectory(prefix="budget-bench-") as tmp:
-            results = run(Path(tmp), args)
-    report(results)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"\n  wrote {args.json}")
+    run_and_report(args, "budget-bench-", run, report)
     return 0
 
 

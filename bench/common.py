@@ -12,6 +12,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,6 +71,23 @@ def time_to_target(epochs: list, target: float) -> float | None:
     """Seconds until an epoch's val_accuracy first reached ``target``; None if none did."""
     hits = [t for t, _, val in epochs if val is not None and val >= target]
     return min(hits) if hits else None
+
+
+def run_and_report(args, prefix: str, run, report) -> dict:
+    """``run(workdir, args)`` in ``args.workdir`` (made and kept) or a temp folder named
+    ``prefix``...; then ``report(results)``, and the results to ``args.json`` if given."""
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        results = run(args.workdir.resolve(), args)
+    else:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            results = run(Path(tmp), args)
+    report(results)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"\n  wrote {args.json}")
+    return results
 
 
 # -- in a side's own process ------------------------------------------------------------------

@@ -37,7 +37,6 @@ import hashlib
 import json
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -396,17 +395,7 @@ def main(argv=None) -> int:
         side = args.worker.removesuffix("-read")
         (workdir / f"{side}-result.json").write_text(json.dumps(result))
         return 0
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        results = run(args.workdir.resolve(), args)
-    else:
-        with tempfile.TemporaryDirectory(prefix="peers-bench-") as tmp:
-            results = run(Path(tmp), args)
-    report(results)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"\n  wrote {args.json}")
+    results = common.run_and_report(args, "peers-bench-", run, report)
     return 1 if results["crashed"] else 0
 
 
