@@ -39,33 +39,36 @@ Runs on a GPU where there is one, and with ``KERAS_BACKEND=jax``.
 import argparse
 import hashlib
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import (  # noqa: E402 - after the path entry that finds it
+    TARGETS,
+    child_env,
+    create_store,
+    device_name,
+    load_project,
+    plain_random_search,
+    prepare,
+    run_and_report,
+    shipped_params,
+    time_to_target,
+    trial_epochs,
+    write_params,
+)
+
 SIDES = ("ours", "baseline")
 ALGORITHMS = ("hyperband", "random", "bayesian", "grid")
-# Reached by a decent model within a few epochs, missed by a poor one.
-TARGETS = {"fashion_mnist": 0.85, "mnist": 0.98, "cifar10": 0.60, "digits": 0.95}
 MAX_TRIALS = 1000  # high enough that the budget, not the trial count, ends both searches
-
-
-def shipped_params() -> dict:
-    """The repository's params.yaml, read at run time so changed defaults are followed."""
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
 def shipped_search_minutes() -> float | None:
@@ -120,15 +123,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 # -- the project both sides run in ----------------------------------------------------------
 def write_project(workdir: Path, args: argparse.Namespace) -> Path:
     """The shipped params.yaml with the flags applied, and a copy of the search space."""
-    source = Path(args.search_space)
-    source = source if source.is_file() else ROOT / source
-    space = Path("search_spaces") / source.name
-    (workdir / space).parent.mkdir(parents=True, exist_ok=True)
-    (workdir / space).write_bytes(source.read_bytes())
     params = shipped_params()
     params["data"]["dataset"] = args.dataset
     params["tune"].update(
-        search_space=str(space),
         algorithm=args.algorithm,
         max_trials=args.max_trials,
         max_epochs=args.max_epochs,
@@ -138,35 +135,13 @@ def write_project(workdir: Path, args: argparse.Namespace) -> Path:
         seed=args.seed,
     )
     params["budget"] = search_budget(args.budget_minutes)
-    params["mlflow"] = {"tracking_uri": "sqlite:///mlflow.db", "experiment_name": None}
-    path = workdir / "params.yaml"
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    return path
-
-
-def child_env() -> dict:
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path}
-    env.pop("MLFLOW_TRACKING_URI", None)  # ours records into the project's ./mlflow.db
-    return env
+    return write_params(workdir, params, args.search_space)
 
 
 def worker(workdir: Path, role: str) -> list[str]:
     """The command that runs this script's ``role`` in a process of its own."""
     script = str(Path(__file__).resolve())
     return [sys.executable, script, "--worker", role, "--workdir", str(workdir)]
-
-
-def prepare(workdir: Path, args: argparse.Namespace) -> None:
-    """Data through the download and preprocess stages (once), and the MLflow store."""
-    meta_file = workdir / "data" / "processed" / "meta.json"
-    wanted = shipped_params()["preprocess"]
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    steps = [[sys.executable, "-m", "pipeline", s] for s in ("download", "preprocess")]
-    if meta.get("dataset") == args.dataset and meta.get("preprocess") == wanted:
-        steps = []
-    for cmd in [*steps, worker(workdir, "store")]:
-        subprocess.run(cmd, cwd=workdir, env=child_env(), check=True, stdout=sys.stderr)
 
 
 def run_side(workdir: Path, side: str) -> dict:
@@ -194,57 +169,7 @@ def run_side(workdir: Path, side: str) -> dict:
     return result
 
 
-def time_to_target(epochs: list, target: float) -> float | None:
-    """Seconds until an epoch's val_accuracy first reached ``target``; None if none did."""
-    hits = [t for t, _, val in epochs if val is not None and val >= target]
-    return min(hits) if hits else None
-
-
 # -- in the side's own process ----------------------------------------------------------------
-def load_project(workdir: Path):
-    """params.yaml and the search space, the way the stage reads them."""
-    from pipeline.config import load_params
-    from pipeline.search import load_search_space
-
-    os.chdir(workdir)  # the stage's paths are relative to the project root
-    params = load_params()
-    return params, load_search_space(Path(params.tune.search_space))
-
-
-def budgeted_random_search(deadline: float, **kwargs):
-    """A ``keras_tuner.RandomSearch`` that keeps to a time budget (the only change)."""
-    import keras_tuner
-
-    class BudgetedRandomSearch(keras_tuner.RandomSearch):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.epochs: list[tuple[float, str, float]] = []  # when, trial, val_accuracy
-
-        def pre_create_trial(self):
-            if time.time() >= deadline and self.oracle.trials:
-                # The oracle's own stop: it starts no trial once max_trials exist.
-                self.oracle.max_trials = len(self.oracle.trials)
-
-        def on_epoch_end(self, trial, model, epoch, logs=None):
-            now = time.time()
-            self.epochs.append((now, trial.trial_id, float((logs or {})["val_accuracy"])))
-            if now >= deadline:
-                model.stop_training = True
-
-        def on_trial_end(self, trial):
-            super().on_trial_end(trial)
-            score = "-" if trial.score is None else f"{trial.score:.4f}"
-            values = trial.hyperparameters.values
-            print(
-                f"baseline: trial {trial.trial_id} {values.get('family')} {trial.status} "
-                f"val_accuracy={score}",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    return BudgetedRandomSearch(**kwargs)
-
-
 def summarize(tuner, splits, batch_size: int) -> dict:
     """Trials, best score, the best model's test accuracy, and a digest of the arrays."""
     from pipeline.data.splits import load_split
@@ -283,40 +208,8 @@ def baseline_worker(workdir: Path) -> dict:
     runtime.configure_environment()  # the stage's TF settings (log level, GPU memory growth)
     # The stage starts its budget clock at this point too: config read, Keras not yet loaded.
     budget_start = time.time()
-    import keras
-    import keras_tuner
-
-    from pipeline.data.splits import load_splits, steps_per_epoch
-    from pipeline.search.hypermodel import CNNHyperModel
-
-    splits = load_splits(max_train_samples=tune.max_train_samples, seed=tune.seed)
-    keras.utils.set_random_seed(tune.seed)
-    hypermodel = CNNHyperModel(
-        space,
-        splits.input_shape,
-        splits.num_classes,
-        dataset=params.data.dataset,
-        max_params=tune.max_params,
-        # The space's cosine schedule needs the trial's length, as in the stage.
-        total_steps=steps_per_epoch(len(splits.train), tune.batch_size) * tune.max_epochs,
-    )
-    tuner = budgeted_random_search(
-        budget_start + params.budget.minutes * 60,
-        hypermodel=hypermodel,
-        objective=keras_tuner.Objective("val_accuracy", direction="max"),
-        max_trials=tune.max_trials,
-        seed=tune.seed,
-        directory="baseline",
-        project_name="search",
-        overwrite=True,
-    )
-    tuner.search(
-        splits.train[:],
-        splits.train.y,
-        validation_data=(splits.val[:], splits.val.y),
-        epochs=tune.max_epochs,
-        batch_size=tune.batch_size,
-        verbose=0,
+    tuner, splits = plain_random_search(
+        params, space, budget_start + params.budget.minutes * 60, "baseline", "baseline"
     )
     search_end = time.time()
     summary = summarize(tuner, splits, tune.batch_size)
@@ -356,71 +249,26 @@ def ours_test_worker(workdir: Path) -> dict:
     parent = best["mlflow_parent_run_id"]
     client = tracking.client(tracking.tracking_uri(params.mlflow.tracking_uri))
     deadline = float(client.get_run(parent).data.tags[sessions.DEADLINE_TAG])
-    runs = client.search_runs(
-        [best["mlflow_experiment_id"]],
-        filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent}'",
-        max_results=10000,
-    )
-    epochs = [
-        (m.timestamp / 1000, run.data.tags.get("trial_id"), m.value)
-        for run in runs
-        for m in client.get_metric_history(run.info.run_id, "val_accuracy")
-    ]
+    epochs, _ = trial_epochs(client, best["mlflow_experiment_id"], parent)
     return {
         **summary,
         "stage_best_trial": best["trial_id"],
         "budget_start": deadline - params.budget.minutes * 60,
-        "epochs": sorted(epochs),
+        "epochs": epochs,
     }
 
 
 def store_worker(workdir: Path) -> dict:
     """Create ./mlflow.db and the experiment, so neither side's clock pays for it."""
-    params, _ = load_project(workdir)
-    from pipeline import tracking
-
-    uri = tracking.tracking_uri(params.mlflow.tracking_uri)
-    tracking.open_experiment(uri, tracking.experiment_name(params))
+    create_store(workdir)
     return {}
-
-
-def device_name() -> str:
-    """Backend and GPU model(s), or the CPU's model and core count."""
-    import keras
-
-    from pipeline.tuning.session import gpu_count
-
-    backend = keras.backend.backend()
-    if gpu_count():
-        if backend == "jax":
-            import jax
-
-            names = [d.device_kind for d in jax.devices() if d.platform == "gpu"]
-        else:
-            import tensorflow as tf
-
-            gpus = tf.config.list_physical_devices("GPU")
-            names = [
-                tf.config.experimental.get_device_details(g).get("device_name", "GPU") for g in gpus
-            ]
-        return f"{backend} on GPU: {', '.join(names)}"
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        models = [
-            line.split(":", 1)[1].strip()
-            for line in cpuinfo.read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        cpu = models[0] if models else cpu
-    return f"{backend} on CPU: {cpu}, {os.cpu_count()} cores"
 
 
 # -- the parent: run, report ------------------------------------------------------------------
 def run(workdir: Path, args: argparse.Namespace) -> dict:
     """Prepare once, run the sides one after the other, and return everything measured."""
     write_project(workdir, args)
-    prepare(workdir, args)
+    prepare(workdir, args.dataset, worker(workdir, "store"))
     runs = []
     for i in range(args.repeats):
         order = SIDES if (args.first == "ours") == (i % 2 == 0) else SIDES[::-1]
@@ -511,17 +359,7 @@ def main(argv=None) -> int:
             side = args.worker.removesuffix("-test")
             (workdir / f"{side}-result.json").write_text(json.dumps(result))
         return 0
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        results = run(args.workdir.resolve(), args)
-    else:
-        with tempfile.TemporaryDirectory(prefix="budget-bench-") as tmp:
-            results = run(Path(tmp), args)
-    report(results)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"\n  wrote {args.json}")
+    run_and_report(args, "budget-bench-", run, report)
     return 0
 
 
