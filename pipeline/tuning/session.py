@@ -275,7 +275,7 @@ def build_tuner(session: Session, splits, worker: bool = False):
     if final_seconds is not None:
         cost_probe = {
             "batch_size": tune.batch_size,
-            "final_samples": int(splits.meta["images"]["train"]),
+            "final_samples": _training_images(splits),
             "final_seconds": final_seconds,
             "min_epochs": session.params.budget.min_final_epochs,
         }
@@ -304,6 +304,14 @@ def build_tuner(session: Session, splits, worker: bool = False):
         # only when this file exists, so a kill during trial 1 must find it.
         tuner.save()
     return tuner
+
+
+def _training_images(splits) -> int:
+    """Images of the whole training split (the search may use a subset of them)."""
+    from pipeline.data.splits import load_split
+
+    counted = splits.meta.get("images", {}).get("train")
+    return int(counted) if counted is not None else len(load_split("train"))
 
 
 def trial_run_ids(session: Session) -> dict[str, str]:
