@@ -1,6 +1,5 @@
 """bench/budget.py: the project it writes, its time-to-target, and (slow) a whole tiny run."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -9,18 +8,12 @@ import pytest
 import yaml
 
 from pipeline.config import load_params
+from tests.bench_helpers import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_budget", ROOT / "bench" / "budget.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-budget = load_bench()
+budget = load_bench("budget")
 
 
 def test_defaults_follow_the_shipped_params():

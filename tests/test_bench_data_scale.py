@@ -1,6 +1,5 @@
 """bench/data_scale.py: the photo folders it makes, its verdicts, and (slow) a whole tiny run."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,19 +8,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.bench_helpers import load_bench
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_bench():
-    path = ROOT / "bench" / "data_scale.py"
-    spec = importlib.util.spec_from_file_location("bench_data_scale", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its worker processes find _photo by module name
-    spec.loader.exec_module(module)
-    return module
-
-
-data_scale = load_bench()
+data_scale = load_bench("data_scale")
 
 
 def test_photo_folders_are_two_classes_of_jpegs_generated_once(tmp_path, capsys):

@@ -1,16 +1,12 @@
 """bench/overhead.py writes a project whose pinned search space and params still load."""
 
-import importlib.util
-
 from pipeline.config import load_params
 from pipeline.search import load_search_space
-from tests.conftest import ROOT
+from tests.bench_helpers import load_bench
 
 
 def test_the_overhead_bench_project_loads(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_overhead", ROOT / "bench" / "overhead.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_bench("overhead")
     params_file = module.write_project(tmp_path, module.parse_args([]))
     params = load_params(params_file)
     space = load_search_space(tmp_path / params.tune.search_space)

@@ -1,7 +1,6 @@
 """bench/peers.py: the project it writes, time to target, the table, a missing AutoKeras
 environment, and (slow) whole tiny runs of each side."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,18 +9,12 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import load_params
+from tests.bench_helpers import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_peers", ROOT / "bench" / "peers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-peers = load_bench()
+peers = load_bench("peers")
 
 
 def test_defaults_and_sides():

@@ -1,24 +1,15 @@
 """bench/trial_memory.py: its slope, its project, and (slow) a short run."""
 
-import importlib.util
 import subprocess
 import sys
 
 import pytest
 
 from pipeline.config import load_params
+from tests.bench_helpers import load_bench
 from tests.conftest import ROOT
 
-
-def load_bench():
-    path = ROOT / "bench" / "trial_memory.py"
-    spec = importlib.util.spec_from_file_location("bench_trial_memory", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_bench()
+bench = load_bench("trial_memory")
 
 
 def test_the_slope_is_a_least_squares_fit_after_the_warmup():
