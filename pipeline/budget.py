@@ -33,8 +33,14 @@ FINISH_S = 20.0
 # In a skipped trial's message: the search skips (and does not count as a failure) a
 # configuration whose final training could not fit budget.min_final_epochs epochs.
 SKIPPED_MARK = "too slow for the budget"
+
 # Batches a trial times (after two for tracing) before it estimates its epoch time.
 PROBE_BATCHES = 5
+
+
+def was_skipped(trial) -> bool:
+    """Whether a Keras Tuner trial ended as skipped for cost (its message says so)."""
+    return SKIPPED_MARK in (getattr(trial, "message", None) or "")
 
 
 def run_seconds(budget: BudgetParams) -> float:

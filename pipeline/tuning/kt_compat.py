@@ -54,7 +54,7 @@ from keras_tuner.src.engine import conditions as kt_conditions
 from keras_tuner.src.engine import oracle as kt_oracle
 
 from pipeline import atomic
-from pipeline.budget import SKIPPED_MARK
+from pipeline.budget import was_skipped
 
 
 # keras-team/keras-tuner#810 (for #301): its @synchronized has no try/finally (no issue filed).
@@ -140,7 +140,7 @@ class OracleCompat:
         streak = 0
         for trial_id in reversed(self.end_order):
             trial = self.trials[trial_id]
-            if SKIPPED_MARK in (trial.message or ""):
+            if was_skipped(trial):
                 continue
             if trial.status != TrialStatus.FAILED:
                 break

@@ -7,7 +7,7 @@ from pathlib import Path
 from keras_tuner.engine.trial import TrialStatus
 
 from pipeline import atomic, paths
-from pipeline.budget import SKIPPED_MARK
+from pipeline.budget import was_skipped
 from pipeline.tuning.tuner import trial_params
 
 COLUMNS = [
@@ -59,7 +59,7 @@ def leaderboard(oracle, run_ids: dict[str, str]) -> list[dict]:
                 "seconds": "" if seconds is None else round(seconds, 1),
                 **{k: _rounded(_metric(trial, k), 3) for k in EPOCH_TIMES},
                 # SKIPPED: ruled out after a few batches as too slow for the budget
-                "status": "SKIPPED" if SKIPPED_MARK in (trial.message or "") else trial.status,
+                "status": "SKIPPED" if was_skipped(trial) else trial.status,
                 "mlflow_run_id": run_ids.get(trial.trial_id, ""),
             }
         )

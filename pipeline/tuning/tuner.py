@@ -17,7 +17,7 @@ import numpy as np
 from keras_tuner.engine.trial import TrialStatus
 
 from pipeline import tracking
-from pipeline.budget import SKIPPED_MARK
+from pipeline.budget import was_skipped
 from pipeline.budget_callbacks import CostProbe, DeadlineStop, slow_epoch_callbacks
 from pipeline.console import log
 from pipeline.search.hypermodel import active_values
@@ -230,7 +230,7 @@ class PipelineTunerMixin(TunerCompat):
                 if key in self._result:
                     metrics[key] = self._result[key]
         tracking.log_metrics(self.mlflow, run_id, metrics)
-        skipped = SKIPPED_MARK in (trial.message or "")
+        skipped = was_skipped(trial)
         tags = {STATUS_TAG: "SKIPPED" if skipped else status}
         if any(s.fired for s in self._deadline_stops):
             tags["stopped_by_time_budget"] = "true"
@@ -261,7 +261,7 @@ class PipelineTunerMixin(TunerCompat):
         )
         if status == TrialStatus.COMPLETED and self._result is not None:
             outcome = f"val_accuracy={self._result['val_accuracy']:.4f}"
-        elif SKIPPED_MARK in (trial.message or ""):
+        elif was_skipped(trial):
             outcome = "skipped, " + last_line(trial.message).split(": ", 1)[-1]
         else:
             retry = " (will be retried)" if status == TrialStatus.INVALID else ""
