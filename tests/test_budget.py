@@ -74,6 +74,36 @@ def test_the_next_epoch_must_fit_before_the_deadline():
     assert not budgets.next_epoch_fits(100.0, 108.0, [9.0])
 
 
+def test_an_epoch_is_timed_without_the_batches_that_stalled_to_compile():
+    """On JAX a GPU step takes ~2 ms but a recompile stalls one batch for seconds (H200,
+    2026-11-27): a short trial's epoch time would plan the final training 15x too short."""
+    import time
+
+    from pipeline.budget_callbacks import DeadlineStop
+    from pipeline.tuning.tuner import epoch_timing
+
+    stop = DeadlineStop(None)
+    stop.on_epoch_begin(0)
+    for pause in [0.3, 0.01, 0.01, 0.01, 0.01]:  # the first batch compiles
+        time.sleep(pause)
+        stop.on_train_batch_end(0)
+    stop.on_test_begin()
+    for _ in range(2):
+        time.sleep(0.01)
+        stop.on_test_batch_end(0)
+    stop.on_epoch_end(0)
+    (took,), (steady,) = stop.epoch_times, stop.steady_times
+    assert took >= 0.37
+    assert 0.06 <= steady < 0.2  # seven batches at ~10 ms
+
+    # A trial's steady epoch: the lower of its later epochs and its median-batch epochs.
+    assert epoch_timing([[10.7, 6.2]], [[0.6, 0.6]]) == {
+        "first_epoch_seconds": 10.7,
+        "epoch_seconds": 0.6,
+    }
+    assert epoch_timing([[10.7, 6.2]])["epoch_seconds"] == 6.2
+
+
 def test_the_run_record_adds_up_search_and_training():
     tuned = {
         **TIME.model_dump(mode="json"),

@@ -50,6 +50,12 @@ SCRIPT = textwrap.dedent(
     model = hypermodel.build(hp)
     step = model.train_on_batch(images, labels, return_dict=True)
     result["hypermodel_loss"] = float(step["loss"])
+    # RandomTranslation would turn jit off for the whole model (hypermodel._jittable_on_jax).
+    result["augmented_jitted"] = bool(model.jit_compile)
+    shifted = [layer for layer in model.layers if type(layer).__name__ == "RandomTranslation"]
+    plain = images[:1] * 255
+    moved = keras.ops.convert_to_numpy(shifted[0](plain, training=True))
+    result["augmentation_moves_pixels"] = bool(not np.allclose(moved, plain))
 
     small = load_search_space("search_spaces/small.yaml")
     tuner = keras_tuner.RandomSearch(
@@ -80,6 +86,8 @@ def test_families_and_search_train_under_jax():
     for family, loss in result["losses"].items():
         assert math.isfinite(loss), family
     assert math.isfinite(result["hypermodel_loss"])
+    assert result["augmented_jitted"] is True
+    assert result["augmentation_moves_pixels"] is True
     assert result["trial_statuses"] == ["COMPLETED", "COMPLETED"]
     assert result["tensorflow_imported"] is False
 
