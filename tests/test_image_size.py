@@ -163,3 +163,38 @@ def test_gpus_are_found_without_importing_a_framework(monkeypatch, tmp_path):
     assert sizing.gpu_count() == 1
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert sizing.gpu_count() == 0
+
+
+@pytest.mark.parametrize("sideways", [False, True])
+def test_a_camera_jpeg_decodes_scaled_down_by_libjpeg_to_the_same_picture(tmp_path, sideways):
+    """A 12 MP photo bound for 96x128 decodes at 1/8 scale (draft), upright, and matches
+    decoding every pixel then resizing to within JPEG noise."""
+    from pipeline.data.images import convert_image, decode_image
+
+    upright_scene = scene((3024, 4032))  # portrait, as it should end up
+    path = tmp_path / "photo.jpg"
+    if sideways:
+        save_sideways(upright_scene, path)
+    else:
+        upright_scene.save(path, quality=95)
+    size = (128, 96)  # (height, width): portrait too
+
+    with Image.open(path) as img:
+        sizing.draft_for(img, size)
+        # At least the target once upright: 1/8 of 4032x3024 is 504x378.
+        assert sorted(img.size) == [378, 504]
+    fast = decode_image(path, size, 3)
+    with Image.open(path) as img:
+        img.load()
+        whole = convert_image(img, size, 3)
+    assert fast.shape == whole.shape == (128, 96, 3)
+    assert red_corner(fast) == "top-left"
+    assert np.abs(fast.astype(int) - whole.astype(int)).mean() < 2
+
+
+def test_formats_other_than_jpeg_decode_whole(tmp_path):
+    path = tmp_path / "photo.png"
+    scene((400, 300)).save(path)
+    with Image.open(path) as img:
+        sizing.draft_for(img, (30, 40))
+        assert img.size == (400, 300)

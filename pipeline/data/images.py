@@ -18,7 +18,7 @@ from PIL import Image
 
 from pipeline.console import log
 from pipeline.data.decode import Decoded
-from pipeline.data.sizing import choose_image_size, upright, upright_size
+from pipeline.data.sizing import choose_image_size, draft_for, upright, upright_size
 from pipeline.errors import DataError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
@@ -135,6 +135,7 @@ def decode_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as img:
+            draft_for(img, size)
             img.load()
             return convert_image(img, size, channels)
 
