@@ -198,3 +198,18 @@ def test_formats_other_than_jpeg_decode_whole(tmp_path):
     with Image.open(path) as img:
         sizing.draft_for(img, (30, 40))
         assert img.size == (400, 300)
+
+
+def test_a_camera_mpo_decodes_its_first_picture_scaled_down(tmp_path):
+    """Many cameras write MPO (a JPEG with a second picture appended)."""
+    from pipeline.data.images import decode_image
+
+    path = tmp_path / "camera.jpg"
+    first, second = scene((1600, 1200)), Image.new("RGB", (1600, 1200), (0, 0, 255))
+    first.save(path, format="MPO", save_all=True, append_images=[second])
+    with Image.open(path) as img:
+        assert img.format == "MPO"
+        sizing.draft_for(img, (96, 128))
+        assert img.size == (200, 150)  # 1/8
+    image = decode_image(path, (96, 128), 3)
+    assert image.shape == (96, 128, 3) and red_corner(image) == "top-left"

@@ -49,9 +49,10 @@ def draft_for(img: Image.Image, size: tuple[int, int]) -> None:
 
     A 1600x1200 photo bound for 128x128 then decodes at 200x150, several times faster than
     decoding every pixel and resizing (bench/decode_draft.py); the resize to ``size``
-    follows as before. Other formats decode whole.
+    follows as before. MPO (the multi-picture JPEG many cameras write) decodes its first
+    picture the same way; other formats decode whole.
     """
-    if img.format != "JPEG":
+    if img.format not in ("JPEG", "MPO"):
         return
     height, width = size
     if orientation(img) in _SIDEWAYS:  # the file's pixels are stored turned
