@@ -155,6 +155,12 @@ def final_training_seconds(budget: BudgetParams) -> float | None:
     return max(0.0, train_share_seconds(budget) - FINISH_S)
 
 
+def upper_median(values: list[float]) -> float:
+    """The middle value (the upper one of an even count); 0.0 for none. A batch that
+    stalled to compile does not move it."""
+    return sorted(values)[len(values) // 2] if values else 0.0
+
+
 def too_slow(
     batch_seconds: list[float],
     batch_size: int,
@@ -170,7 +176,7 @@ def too_slow(
     """
     if final_seconds is None or not batch_seconds or final_samples <= 0:
         return None
-    per_sample = sorted(batch_seconds)[len(batch_seconds) // 2] / max(1, batch_size)
+    per_sample = upper_median(batch_seconds) / max(1, batch_size)
     epoch_s = per_sample * final_samples * 1.1
     if epoch_s * min_epochs <= final_seconds:
         return None

@@ -6,7 +6,13 @@ import time
 import keras
 import keras_tuner
 
-from pipeline.budget import PROBE_BATCHES, SLOW_EPOCH_ENV, next_epoch_fits, too_slow
+from pipeline.budget import (
+    PROBE_BATCHES,
+    SLOW_EPOCH_ENV,
+    next_epoch_fits,
+    too_slow,
+    upper_median,
+)
 from pipeline.errors import ConfigError
 
 
@@ -72,7 +78,8 @@ class DeadlineStop(keras.callbacks.Callback):
         took = time.monotonic() - self._start
         self.epoch_times.append(took)
         timed = sum(self._train) + sum(self._test)
-        steady = _median(self._train) * len(self._train) + _median(self._test) * len(self._test)
+        train, test = self._train, self._test
+        steady = upper_median(train) * len(train) + upper_median(test) * len(test)
         # What the batches do not cover (callbacks, the loader's start) counts as it came.
         self.steady_times.append(min(took, steady + max(0.0, took - timed)))
         if self.deadline is None:
@@ -86,10 +93,6 @@ def _lap(laps: list[float], last: float) -> float:
     now = time.monotonic()
     laps.append(now - last)
     return now
-
-
-def _median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2] if values else 0.0
 
 
 class TooSlowForBudget(keras_tuner.errors.FailedTrialError):
