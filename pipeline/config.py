@@ -188,6 +188,19 @@ class TrainParams(_Section):
         description="average the final model over each image and its mirror image when that "
         "raises validation accuracy (datasets whose augmentation flips images)",
     )
+    ensemble_size: int = Field(
+        3,
+        ge=1,
+        description="most trainings of the chosen configuration (seeds train.seed, +1, ...), "
+        "each for an equal share of the final training, averaged; those that raise "
+        "validation accuracy are kept; 1: a single model",
+    )
+    ensemble_min_epochs: int = Field(
+        20,
+        ge=1,
+        description="fewer members when the final training's epochs (planned from the "
+        "budget, or train.epochs) would give each fewer than this",
+    )
 
 
 class BudgetParams(_Section):

@@ -362,3 +362,68 @@ def test_epochs_mode_trains_every_epoch_with_no_clock(proj, monkeypatch):
     record = json.loads(paths.RUN_BUDGET.read_text())
     assert info["epochs_run"] == 3 and record["planned_final_epochs"] == 3
     assert record["deadline"] is None and "within_budget" not in record
+
+
+def test_an_ensemble_trains_each_member_and_saves_their_average(proj, capsys):
+    info = proj.run(epochs=4, ensemble_size=2, ensemble_min_epochs=2)
+    err = capsys.readouterr().err
+    assert "an ensemble of 2 trainings" in err and "member 2/2: epoch 2/2" in err
+    members = info["ensemble"]["members"]
+    assert [(m["member"], m["seed"], m["epochs_run"]) for m in members] == [(1, 42, 2), (2, 43, 2)]
+    assert members[0]["val_accuracy"] != members[1]["val_accuracy"] or members[0]["kept"]
+    kept = [m for m in members if m["kept"]]
+    assert info["ensemble"]["kept"] == len(kept) >= 1
+    assert info["val_accuracy"] >= max(m["val_accuracy"] for m in members) - 1e-6
+    # One model file, loadable anywhere, that scores on val what model_info says.
+    model = keras.models.load_model(paths.MODEL, compile=False, safe_mode=True)
+    from pipeline.data.loader import predict
+    from pipeline.data.splits import load_split
+    from pipeline.model_input import takes_pixels
+    from pipeline.training import ensemble
+
+    assert takes_pixels(model) and ensemble.members_of(model) == len(kept)
+    val = load_split("val")
+    assert ensemble.accuracy(predict(model, val), val.y) == pytest.approx(info["val_accuracy"])
+    # One curve: the members' epochs numbered on, each row naming its member.
+    history = read_history()
+    assert [(int(r["epoch"]), int(r["member"])) for r in history] == [
+        (1, 1),
+        (2, 1),
+        (3, 2),
+        (4, 2),
+    ]
+    assert info["epochs_run"] == 4
+    assert not list(paths.TRAIN_BACKUP.parent.glob("train_backup*"))
+    client = mlflow_client(proj.path)
+    (run,) = train_runs(client)
+    assert steps(client, run) == [0, 1, 2, 3]
+
+
+def test_an_interrupted_ensemble_keeps_its_finished_members(proj, capsys):
+    with pytest.raises(RuntimeError, match="after epoch 1"):
+        # The interrupt counts each member's epochs: member 1 runs 2, member 2 stops after 1.
+        proj.run(
+            callbacks=[InterruptMember(2, 1)], epochs=4, ensemble_size=2, ensemble_min_epochs=2
+        )
+    capsys.readouterr()
+    info = proj.run(epochs=4, ensemble_size=2, ensemble_min_epochs=2)
+    err = capsys.readouterr().err
+    assert "member 1/2: the backup holds a finished training" in err
+    assert "member 2/2: " in err and "resuming after epoch 1" in err
+    assert [m["epochs_run"] for m in info["ensemble"]["members"]] == [2, 2]
+    assert [int(r["epoch"]) for r in read_history()] == [1, 2, 3, 4]
+
+
+class InterruptMember(keras.callbacks.Callback):
+    """Raises at the end of epoch ``after`` of the ``member``-th training it sees."""
+
+    def __init__(self, member: int, after: int):
+        super().__init__()
+        self.member, self.after, self.seen = member, after, 0
+
+    def on_train_begin(self, logs=None):
+        self.seen += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.seen == self.member and epoch + 1 == self.after:
+            raise RuntimeError(f"interrupted after epoch {self.after}")

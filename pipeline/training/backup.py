@@ -29,6 +29,7 @@ from pipeline.console import log
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
 BACKUP_COLUMNS = [*HISTORY_COLUMNS, "seconds"]
+INTEGERS = ("epoch", "member")  # an ensemble's history numbers its members
 STATE_FILE = "state.json"
 HISTORY_FILE = "history.csv"
 LATEST_WEIGHTS = "latest.weights.h5"  # BackupAndRestore's names
@@ -53,7 +54,7 @@ def history_text(rows: list[dict], columns: list[str] = HISTORY_COLUMNS) -> str:
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: int(row[k]) if k == "epoch" else repr(float(row[k])) for k in columns})
+        writer.writerow({k: int(row[k]) if k in INTEGERS else repr(float(row[k])) for k in columns})
     return buffer.getvalue()
 
 

@@ -31,8 +31,13 @@ class EpochRecorder(keras.callbacks.Callback):
         patience: int | None,
         mlflow_client=None,
         run_id: str | None = None,
+        label: str = "",
+        step_offset: int = 0,
     ):
+        """``label`` starts each console line (an ensemble's member); ``step_offset`` is
+        added to the epoch as the MLflow step (the members' epochs before this one)."""
         super().__init__()
+        self.label, self.step_offset = label, step_offset
         self.backup = backup
         self.epochs = epochs
         self.patience = patience
@@ -75,9 +80,9 @@ class EpochRecorder(keras.callbacks.Callback):
         self.backup.record(row)
         if self.client is not None and self.run_id is not None:
             metrics = {k: row[k] for k in HISTORY_COLUMNS[1:] if math.isfinite(row[k])}
-            tracking.log_metrics(self.client, self.run_id, metrics, step=epoch)
+            tracking.log_metrics(self.client, self.run_id, metrics, step=self.step_offset + epoch)
         log(
-            f"train: epoch {epoch + 1}/{self.epochs} loss={row['loss']:.4f} "
+            f"train: {self.label}epoch {epoch + 1}/{self.epochs} loss={row['loss']:.4f} "
             f"acc={row['accuracy']:.4f} val_loss={row['val_loss']:.4f} "
             f"val_accuracy={value:.4f}{' *' if improved else ''} {seconds:.1f}s"
         )

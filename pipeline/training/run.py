@@ -10,7 +10,10 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from pipeline import atomic, paths, tracking
 from pipeline import budget as budgets
@@ -27,14 +30,26 @@ ROLE = "train"
 PRESET_LEARNING_RATE = 1e-3
 
 
-def build_model(plan: plans.Plan, meta: dict, params: Params, steps_per_epoch: int, epochs: int):
-    """A fresh compiled model for ``plan`` (seeded with ``train.seed``), its learning-rate
-    schedule (if any) sized to ``epochs``."""
+def build_model(
+    plan: plans.Plan,
+    meta: dict,
+    params: Params,
+    steps_per_epoch: int,
+    epochs: int,
+    seed: int | None = None,
+    fresh: bool = True,
+):
+    """A compiled model for ``plan``, its weights seeded with ``seed`` (``train.seed`` by
+    default), its learning-rate schedule (if any) sized to ``epochs``.
+
+    ``fresh``: clear Keras' session first; False builds beside models already built (the
+    members of an ensemble)."""
     import keras
 
-    keras.backend.clear_session()
+    if fresh:
+        keras.backend.clear_session()
     keras.mixed_precision.set_global_policy("float32")
-    keras.utils.set_random_seed(params.train.seed)
+    keras.utils.set_random_seed(params.train.seed if seed is None else seed)
     input_shape, num_classes = tuple(meta["input_shape"]), int(meta["num_classes"])
     if plan.source == "preset":
         from pipeline.presets import build_preset
@@ -162,7 +177,7 @@ def train(
                 **{k: info[k] for k in ("val_accuracy_plain", "val_accuracy_flips") if k in info},
             },
         )
-        Backup(fingerprint).remove()
+        _remove_backups()
         record = budgets.run_record(
             params.budget,
             tuned,
@@ -229,52 +244,242 @@ def _record_budget(record: dict, client, run_id: str, plan: plans.Plan) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Job:
+    """What every member of the final training shares."""
+
+    plan: plans.Plan
+    meta: dict
+    params: Params
+    splits: object
+    fingerprint: dict
+    client: object
+    run_id: str
+    callbacks: Sequence
+    steps: int
+
+
+@dataclass
+class Member:
+    """One finished training of the ensemble (or the only one)."""
+
+    number: int  # 1-based
+    seed: int
+    backup: Backup
+    planned_epochs: int
+    best_epoch: int
+    val_accuracy: float
+    params: int
+    stopped_by_deadline: bool
+    model: object = None  # the trained model, best weights loaded (dropped once scored)
+    val_probabilities: object = None
+
+
 def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, export, budget):
+    from pipeline.data.splits import steps_per_epoch
+    from pipeline.training import ensemble
+
+    train_params = params.train
+    steps = steps_per_epoch(len(splits.train), train_params.batch_size)
+    job = Job(plan, meta, params, splits, fingerprint, client, run_id, callbacks, steps)
+    count = ensemble.member_count(
+        train_params.ensemble_size, train_params.ensemble_min_epochs, budget.epochs
+    )
+    if count > 1:
+        log(
+            f"train: an ensemble of {count} trainings of {plan.name} (seeds "
+            f"{train_params.seed}..{train_params.seed + count - 1}), each for 1/{count} of "
+            "the final training; kept by validation accuracy"
+        )
+    members: list[Member] = []
+    for number in range(1, count + 1):
+        epochs, deadline = _member_share(budget, number, count, len(splits.val))
+        previous = sum(len(m.backup.rows) for m in members)
+        member = _train_member(job, number, count, epochs, deadline, previous)
+        if count > 1:
+            from pipeline.data.loader import predict
+
+            member.val_probabilities = predict(member.model, splits.val)
+            member.model = None  # rebuilt with the others if kept: frees its memory now
+        members.append(member)
+    fit_ended_at = time.time()
+    if count > 1:
+        kept_at, val_accuracy = ensemble.choose(
+            [m.val_probabilities for m in members], np.asarray(splits.val.y)
+        )
+        kept = [members[i] for i in kept_at]
+        log(
+            "train: ensemble: members' val_accuracy "
+            + ", ".join(f"{m.number}: {m.val_accuracy:.4f}" for m in members)
+            + f"; kept {', '.join(str(m.number) for m in kept)}: val_accuracy "
+            f"{val_accuracy:.4f} averaged"
+        )
+        models = []
+        for position, member in enumerate(kept):
+            model = build_model(
+                plan,
+                meta,
+                params,
+                steps,
+                member.planned_epochs,
+                seed=member.seed,
+                fresh=position == 0,
+            )
+            model.load_weights(member.backup.best_weights(member.best_epoch))
+            models.append(model)
+        model = ensemble.combine(models)
+    else:
+        kept, val_accuracy, model = members, members[0].val_accuracy, members[0].model
+    best = max(kept, key=lambda m: m.val_accuracy)
+    model, flips = _choose_flips(model, plan, params, splits, budget, len(kept))
+    _save_model(model)
+    if export:
+        _export(model)
+    rows = _history_rows(members)
+    columns = HISTORY_COLUMNS if count == 1 else [*HISTORY_COLUMNS, "member"]
+    atomic.write_text(paths.TRAIN_HISTORY, history_text(rows, columns))
+    info = {
+        "source": plan.source,
+        "family": plan.family,
+        "preset": plan.preset,
+        "hyperparameters": plan.hyperparameters,
+        "params": int(model.count_params()) if count > 1 else members[0].params,
+        "epochs_run": len(rows),
+        "best_epoch": best.best_epoch,
+        "val_accuracy": val_accuracy,
+        "train_seconds": round(sum(r["seconds"] for r in rows if math.isfinite(r["seconds"])), 3),
+        "dataset": params.data.dataset,
+        "class_names": meta.get("class_names"),
+        "input_shape": list(meta["input_shape"]),
+        "input_pixels": INPUT_PIXELS,  # what model.keras takes (its first layer rescales)
+        "num_classes": int(meta["num_classes"]),
+        "mlflow_run_id": None,
+        "mlflow_experiment_id": None,
+        "tune_trial_id": plan.trial_id,
+        "stopped_by_deadline": members[-1].stopped_by_deadline,
+        "fit_ended_at": round(fit_ended_at, 3),
+        **flips,
+    }
+    if count > 1:
+        info["ensemble"] = {
+            "members": [
+                {
+                    "member": m.number,
+                    "seed": m.seed,
+                    "epochs_planned": m.planned_epochs,
+                    "epochs_run": len(m.backup.rows),
+                    "best_epoch": m.best_epoch,
+                    "val_accuracy": m.val_accuracy,
+                    "kept": m in kept,
+                }
+                for m in members
+            ],
+            "kept": len(kept),
+            "val_accuracy_best_member": best.val_accuracy,
+        }
+    return info
+
+
+def _member_share(budget, number: int, count: int, val_images: int) -> tuple[int, float | None]:
+    """Member ``number`` of ``count``: its planned epochs and when its last epoch must end.
+
+    Epochs mode: an equal share of the planned epochs. Time mode: an equal share of what
+    is left before the fit deadline, less one prediction pass over the validation split
+    (about a third of a training pass per image) to score it for the ensemble.
+    """
+    if count == 1:
+        return budget.epochs, budget.fit_deadline
+    if budget.deadline is None:
+        return max(1, budget.epochs // count), None
+    share = (budget.fit_deadline - time.time()) / (count - number + 1)
+    est = budget.estimate
+    if est is not None:
+        share -= est.per_sample_s * val_images / 3
+    epochs = budgets.plan_epochs(share, est, max(1, budget.epochs // count))
+    if est is None:
+        epochs = max(1, budget.epochs // count)
+    return epochs, time.time() + share
+
+
+def _member_backup_folder(number: int) -> Path:
+    """Member 1's backup is the single training's; member n's sits beside it."""
+    folder = paths.TRAIN_BACKUP
+    return folder if number == 1 else folder.with_name(f"{folder.name}-{number}")
+
+
+def _remove_backups() -> None:
+    """Every member's backup (after a finished training), a larger ensemble's left over too."""
+    shutil.rmtree(paths.TRAIN_BACKUP, ignore_errors=True)
+    for folder in paths.TRAIN_BACKUP.parent.glob(f"{paths.TRAIN_BACKUP.name}-*"):
+        if folder.name.rsplit("-", 1)[-1].isdigit():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _history_rows(members: list[Member]) -> list[dict]:
+    """Every member's epochs, numbered on from the previous member's (one curve)."""
+    if len(members) == 1:
+        return members[0].backup.rows
+    rows, offset = [], 0
+    for member in members:
+        for row in member.backup.rows:
+            rows.append({**row, "epoch": offset + int(row["epoch"]), "member": member.number})
+        offset += len(member.backup.rows)
+    return rows
+
+
+def _train_member(
+    job: Job, number: int, count: int, epochs: int, deadline_at: float | None, previous: int
+) -> Member:
+    """Train (or resume, or take from its finished backup) member ``number`` of ``count``.
+
+    ``previous``: the epochs of the members before it (its MLflow steps follow theirs)."""
     import keras
 
     from pipeline.budget_callbacks import DeadlineStop, slow_epoch_callbacks
     from pipeline.data.loader import fit_inputs
-    from pipeline.data.splits import steps_per_epoch
     from pipeline.training.callbacks import EpochRecorder
 
+    plan, params, splits, client, run_id = job.plan, job.params, job.splits, job.client, job.run_id
     train_params = params.train
-    epochs = budget.epochs
-    steps = steps_per_epoch(len(splits.train), train_params.batch_size)
-    model = build_model(plan, meta, params, steps, epochs)
-    backup = Backup(fingerprint)
+    seed = train_params.seed + number - 1
+    label = f"member {number}/{count}: " if count > 1 else ""
+    member_print = job.fingerprint if number == 1 else {**job.fingerprint, "member": number}
+    backup = Backup(member_print, _member_backup_folder(number))
+    model = build_model(plan, job.meta, params, job.steps, epochs, seed=seed)
     done = backup.open()
     if done and not backup.restore_check(model):
         done = 0
-        model = build_model(plan, meta, params, steps, epochs)
+        model = build_model(plan, job.meta, params, job.steps, epochs, seed=seed)
     params_count = int(model.count_params())
-    if plan.best is not None and plan.best.get("params") not in (None, params_count):
+    tuned_count = (plan.best or {}).get("params")
+    if number == 1 and tuned_count not in (None, params_count):
         log(
             f"train: warning: the rebuilt model has {params_count:,} parameters, the tuned "
-            f"trial had {plan.best['params']:,}"
+            f"trial had {tuned_count:,}"
         )
-    client.set_tag(run_id, "resumed_from_epoch", str(done))
+    if number == 1:
+        client.set_tag(run_id, "resumed_from_epoch", str(done))
     # The run model_info points at holds the whole curve, the resumed epochs included.
     for row in backup.rows:
         metrics = {k: row[k] for k in HISTORY_COLUMNS[1:] if math.isfinite(row[k])}
-        tracking.log_metrics(client, run_id, metrics, step=int(row["epoch"]) - 1)
+        step = previous + int(row["epoch"]) - 1
+        tracking.log_metrics(client, run_id, metrics, step=step)
     patience = train_params.early_stopping_patience
-    if (
-        budget.deadline is not None
-        and plan.source == "tune"
-        and train_params.lr_schedule == "cosine"
-    ):
+    deadline = DeadlineStop(deadline_at)
+    if deadline_at is not None and plan.source == "tune" and train_params.lr_schedule == "cosine":
         patience = None  # the schedule ends with the budget; stopping early wastes its end
-    recorder = EpochRecorder(backup, epochs, patience, client, run_id)
-    deadline = DeadlineStop(budget.fit_deadline)
+    recorder = EpochRecorder(
+        backup, epochs, patience, client, run_id, label=label, step_offset=previous
+    )
     finished = done >= epochs or recorder.should_stop() or _nan_stopped(backup)
     what = f"{plan.name} ({params_count:,} params)"
     where = f"{len(splits.train)} training / {len(splits.val)} validation images"
     if finished:
-        log(f"train: the backup holds a finished training of {what} ({done} epochs); saving it")
+        log(f"train: {label}the backup holds a finished training of {what} ({done} epochs)")
     else:
         resume = f", resuming after epoch {done}" if done else ""
-        log(f"train: {what} on {where}, up to {epochs} epochs{resume}")
-        fit = fit_inputs(splits, train_params.batch_size, train_params.seed, initial_epoch=done)
+        log(f"train: {label}{what} on {where}, up to {epochs} epochs{resume}")
+        fit = fit_inputs(splits, train_params.batch_size, seed, initial_epoch=done)
         model.fit(
             epochs=epochs,
             initial_epoch=done,
@@ -286,17 +491,17 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
                 keras.callbacks.TerminateOnNaN(),
                 recorder,
                 keras.callbacks.BackupAndRestore(str(backup.folder), delete_checkpoint=False),
-                *callbacks,
+                *job.callbacks,
             ],
             **fit,
         )
         if recorder.stopped_early:
-            log(f"train: stopped early: no val_accuracy gain in {patience} epochs")
+            log(f"train: {label}stopped early: no val_accuracy gain in {patience} epochs")
         elif _nan_stopped(backup):
-            log("train: the loss became NaN; stopped, keeping the best epoch before it")
+            log(f"train: {label}the loss became NaN; stopped, keeping the best epoch before it")
         elif deadline.fired:
-            log("train: stopped: the next epoch would not end within the budget")
-    fit_ended_at = time.time()
+            share = "its share of the budget" if count > 1 else "the budget"
+            log(f"train: {label}stopped: the next epoch would not end within {share}")
     rows = backup.rows
     epoch, best = best_epoch(rows)
     if epoch is None:
@@ -305,36 +510,12 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
             "lower the learning rate or check the data"
         )
     model.load_weights(backup.best_weights(epoch))
-    model, flips = _choose_flips(model, plan, params, splits, budget)
-    _save_model(model)
-    if export:
-        _export(model)
-    atomic.write_text(paths.TRAIN_HISTORY, history_text(rows))
-    return {
-        "source": plan.source,
-        "family": plan.family,
-        "preset": plan.preset,
-        "hyperparameters": plan.hyperparameters,
-        "params": params_count,
-        "epochs_run": len(rows),
-        "best_epoch": epoch,
-        "val_accuracy": best,
-        "train_seconds": round(sum(r["seconds"] for r in rows if math.isfinite(r["seconds"])), 3),
-        "dataset": params.data.dataset,
-        "class_names": meta.get("class_names"),
-        "input_shape": list(meta["input_shape"]),
-        "input_pixels": INPUT_PIXELS,  # what model.keras takes (its first layer rescales)
-        "num_classes": int(meta["num_classes"]),
-        "mlflow_run_id": None,
-        "mlflow_experiment_id": None,
-        "tune_trial_id": plan.trial_id,
-        "stopped_by_deadline": deadline.fired,
-        "fit_ended_at": round(fit_ended_at, 3),
-        **flips,
-    }
+    return Member(
+        number, seed, backup, epochs, epoch, best, params_count, deadline.fired, model=model
+    )
 
 
-def _choose_flips(model, plan, params: Params, splits, budget) -> tuple:
+def _choose_flips(model, plan, params: Params, splits, budget, members: int = 1) -> tuple:
     """The model to save, averaged over mirror images when that raises val accuracy.
 
     Returns it and what model_info.json records: ``test_time_flips`` and, when they were
@@ -351,7 +532,7 @@ def _choose_flips(model, plan, params: Params, splits, budget) -> tuple:
     est = budget.estimate
     if budget.deadline is not None and est is not None:
         # Two forward passes over val: about two thirds of a training pass's time per image.
-        cost = 0.7 * est.per_sample_s * len(splits.val)
+        cost = 0.7 * est.per_sample_s * len(splits.val) * members
         if time.time() + cost > budget.deadline - budgets.FINISH_S / 2:
             log("train: no time left to try test-time flips")
             return model, {"test_time_flips": False}

@@ -1,0 +1,53 @@
+"""The final training's ensemble: how many members, which are kept, one model of them."""
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.model_input import pixel_inputs, takes_pixels
+from pipeline.training import ensemble
+
+
+@pytest.mark.parametrize(
+    ("size", "min_epochs", "epochs", "count"),
+    [(3, 12, 80, 3), (3, 12, 30, 2), (3, 12, 11, 1), (1, 12, 100, 1), (5, 1, 3, 3)],
+)
+def test_members_are_as_many_as_the_epochs_pay_for(size, min_epochs, epochs, count):
+    assert ensemble.member_count(size, min_epochs, epochs) == count
+
+
+def one_hot(rows):
+    return np.eye(3)[rows].astype(np.float32)
+
+
+def test_members_are_kept_only_when_they_raise_validation_accuracy():
+    labels = np.array([0, 1, 2, 0])
+    best = one_hot([0, 1, 2, 1]) * 0.6  # 3/4
+    helps = one_hot([0, 1, 0, 0])  # 3/4 alone, wrong but unsure on the third image
+    helps[2] = [0.35, 0.0, 0.3]  # so with the best, 4/4
+    useless = one_hot([1, 1, 1, 1]) * 0.1  # 1/4; cannot change an answer
+    kept, score = ensemble.choose([useless, best, helps], labels)
+    assert kept == [1, 2] and score == 1.0
+    kept, score = ensemble.choose([useless, best], labels)
+    assert kept == [1] and score == 0.75
+
+
+def tiny(seed: int):
+    keras.utils.set_random_seed(seed)
+    inputs, x = pixel_inputs((4, 4, 1))
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x), name="tiny")
+
+
+def test_the_ensemble_is_one_model_averaging_its_members(tmp_path):
+    members = [tiny(1), tiny(2)]
+    model = ensemble.combine(members)
+    x = np.random.default_rng(0).integers(0, 256, (5, 4, 4, 1)).astype(np.float32)
+    expected = (members[0].predict(x, verbose=0) + members[1].predict(x, verbose=0)) / 2
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    assert takes_pixels(model) and ensemble.members_of(model) == 2
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, compile=False, safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    assert ensemble.combine([members[0]]) is members[0]
