@@ -104,6 +104,36 @@ def test_an_epoch_is_timed_without_the_batches_that_stalled_to_compile():
     assert epoch_timing([[10.7, 6.2]])["epoch_seconds"] == 6.2
 
 
+def test_the_cosine_schedule_shortens_to_the_epochs_that_still_fit(monkeypatch):
+    import math
+
+    import keras
+
+    from pipeline import budget_callbacks
+    from pipeline.budget_callbacks import BudgetCosine, DeadlineStop
+
+    clock = DeadlineStop(deadline=1000.0)
+    cosine = BudgetCosine(0.01, epochs=10, clock=clock, epoch_s=0.5)
+    assert cosine.total(0, now=990.0) == 10  # nothing timed yet: the plan
+    clock.epoch_times = [3.0]  # only the first (tracing) epoch: the plan's estimate
+    assert cosine.total(1, now=990.0) == 10
+    clock.epoch_times = [3.0, 2.0, 2.0]  # slower than planned: 2 s an epoch, 4 more fit
+    assert cosine.total(3, now=991.0) == 7
+    assert cosine.total(3, now=999.5) == 4  # none fits: this one is the last
+    assert BudgetCosine(0.01, 10, DeadlineStop(None)).total(5, now=0.0) == 10
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    cosine.set_model(model)
+    for epoch, now, times, total in ((0, 990.0, [], 10), (3, 991.0, [3.0, 2.0, 2.0], 7)):
+        clock.epoch_times = times
+        monkeypatch.setattr(budget_callbacks.time, "time", lambda now=now: now)
+        cosine.on_epoch_begin(epoch)
+        rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        assert rate == pytest.approx(0.005 * (1 + math.cos(math.pi * epoch / total)), rel=1e-5)
+    assert cosine.totals == [10, 7]
+
+
 def test_the_run_record_adds_up_search_and_training():
     tuned = {
         **TIME.model_dump(mode="json"),

@@ -346,6 +346,10 @@ def test_a_training_slower_than_the_search_measured_stops_when_the_next_epoch_wo
     assert record["stopped_by_deadline"] is True and 1 <= info["epochs_run"] <= 3
     assert record["within_budget"] is True
     assert "the next epoch would not end within the budget" in capsys.readouterr().err
+    # The cosine schedule was re-planned to the epochs that fit: the last ran at a low rate.
+    rates = [float(r["learning_rate"]) for r in read_history()]
+    if len(rates) >= 3:  # from the third epoch on, the epochs timed say how many fit
+        assert rates[-1] < 0.5 * rates[0]
     # The best epoch's weights are kept, as early stopping keeps them.
     assert info["best_epoch"] == max(
         range(1, info["epochs_run"] + 1),
@@ -393,6 +397,8 @@ def test_an_ensemble_trains_each_member_and_saves_their_average(proj, capsys):
         (4, 2),
     ]
     assert info["epochs_run"] == 4
+    best = max((m for m in members if m["kept"]), key=lambda m: m["val_accuracy"])
+    assert info["best_epoch"] == best["best_epoch"] + 2 * (best["member"] - 1)
     assert not list(paths.TRAIN_BACKUP.parent.glob("train_backup*"))
     client = mlflow_client(proj.path)
     (run,) = train_runs(client)
@@ -427,3 +433,18 @@ class InterruptMember(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.seen == self.member and epoch + 1 == self.after:
             raise RuntimeError(f"interrupted after epoch {self.after}")
+
+
+def test_in_time_mode_each_member_gets_an_equal_share_of_what_is_left(proj, monkeypatch):
+    from pipeline.budget import FINISH_S, SLOW_EPOCH_ENV
+
+    monkeypatch.setenv(SLOW_EPOCH_ENV, "0.5")  # every epoch about 0.5 s, as the "search" saw
+    _tuned_just_now(proj.path, FINISH_S + 6.5, epoch_seconds=0.5)
+    info = proj.run(budget=BUDGET, epochs=50, ensemble_size=3, ensemble_min_epochs=4)
+    record = json.loads(paths.RUN_BUDGET.read_text())
+    # 6.5 s left at 0.5 s an epoch: about 12 epochs planned, so 3 members of at most 4.
+    assert 9 <= record["planned_final_epochs"] <= 13
+    members = info["ensemble"]["members"]
+    assert len(members) == 3 and all(1 <= m["epochs_planned"] <= 4 for m in members)
+    assert all(1 <= m["epochs_run"] <= m["epochs_planned"] for m in members)
+    assert record["within_budget"] is True and info["epochs_run"] == record["epochs_run"]

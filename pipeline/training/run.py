@@ -38,12 +38,14 @@ def build_model(
     epochs: int,
     seed: int | None = None,
     fresh: bool = True,
+    timed: bool = False,
 ):
     """A compiled model for ``plan``, its weights seeded with ``seed`` (``train.seed`` by
     default), its learning-rate schedule (if any) sized to ``epochs``.
 
     ``fresh``: clear Keras' session first; False builds beside models already built (the
-    members of an ensemble)."""
+    members of an ensemble). ``timed``: a tuned model's cosine schedule is left to
+    ``BudgetCosine`` (a constant rate it sets at each epoch)."""
     import keras
 
     if fresh:
@@ -73,7 +75,8 @@ def build_model(
 
     hyperparameters = dict(plan.hyperparameters)
     if params.train.lr_schedule == "cosine":
-        hyperparameters["lr_schedule"] = "cosine"  # sized to this training's epochs
+        # Sized to this training's epochs; with a clock, set per epoch by BudgetCosine.
+        hyperparameters["lr_schedule"] = "constant" if timed else "cosine"
     return rebuild_tuned(
         plan.space_file,
         hyperparameters,
@@ -257,6 +260,7 @@ class Job:
     run_id: str
     callbacks: Sequence
     steps: int
+    epoch_s: float | None  # the plan's seconds per epoch (None: unknown)
 
 
 @dataclass
@@ -281,7 +285,8 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
 
     train_params = params.train
     steps = steps_per_epoch(len(splits.train), train_params.batch_size)
-    job = Job(plan, meta, params, splits, fingerprint, client, run_id, callbacks, steps)
+    epoch_s = budget.estimate.epoch_s if budget.estimate else None
+    job = Job(plan, meta, params, splits, fingerprint, client, run_id, callbacks, steps, epoch_s)
     count = ensemble.member_count(
         train_params.ensemble_size, train_params.ensemble_min_epochs, budget.epochs
     )
@@ -345,7 +350,8 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
         "hyperparameters": plan.hyperparameters,
         "params": int(model.count_params()) if count > 1 else members[0].params,
         "epochs_run": len(rows),
-        "best_epoch": best.best_epoch,
+        # Numbered as in train_history.csv: the best member's best epoch, after those before it.
+        "best_epoch": best.best_epoch + sum(len(m.backup.rows) for m in members[: best.number - 1]),
         "val_accuracy": val_accuracy,
         "train_seconds": round(sum(r["seconds"] for r in rows if math.isfinite(r["seconds"])), 3),
         "dataset": params.data.dataset,
@@ -435,7 +441,7 @@ def _train_member(
     ``previous``: the epochs of the members before it (its MLflow steps follow theirs)."""
     import keras
 
-    from pipeline.budget_callbacks import DeadlineStop, slow_epoch_callbacks
+    from pipeline.budget_callbacks import BudgetCosine, DeadlineStop, slow_epoch_callbacks
     from pipeline.data.loader import fit_inputs
     from pipeline.training.callbacks import EpochRecorder
 
@@ -445,11 +451,15 @@ def _train_member(
     label = f"member {number}/{count}: " if count > 1 else ""
     member_print = job.fingerprint if number == 1 else {**job.fingerprint, "member": number}
     backup = Backup(member_print, _member_backup_folder(number))
-    model = build_model(plan, job.meta, params, job.steps, epochs, seed=seed)
+    # A tuned model's cosine schedule, with a clock: decays over the epochs that fit.
+    timed = (
+        deadline_at is not None and plan.source == "tune" and train_params.lr_schedule == "cosine"
+    )
+    model = build_model(plan, job.meta, params, job.steps, epochs, seed=seed, timed=timed)
     done = backup.open()
     if done and not backup.restore_check(model):
         done = 0
-        model = build_model(plan, job.meta, params, job.steps, epochs, seed=seed)
+        model = build_model(plan, job.meta, params, job.steps, epochs, seed=seed, timed=timed)
     params_count = int(model.count_params())
     tuned_count = (plan.best or {}).get("params")
     if number == 1 and tuned_count not in (None, params_count):
@@ -466,8 +476,11 @@ def _train_member(
         tracking.log_metrics(client, run_id, metrics, step=step)
     patience = train_params.early_stopping_patience
     deadline = DeadlineStop(deadline_at)
-    if deadline_at is not None and plan.source == "tune" and train_params.lr_schedule == "cosine":
+    schedule = []
+    if timed:
         patience = None  # the schedule ends with the budget; stopping early wastes its end
+        rate = float(plan.hyperparameters["learning_rate"])
+        schedule = [BudgetCosine(rate, epochs, deadline, job.epoch_s)]
     recorder = EpochRecorder(
         backup, epochs, patience, client, run_id, label=label, step_offset=previous
     )
@@ -488,6 +501,7 @@ def _train_member(
                 # The test knob's sleep first: it is part of the epoch the deadline times.
                 *slow_epoch_callbacks(),
                 deadline,
+                *schedule,
                 keras.callbacks.TerminateOnNaN(),
                 recorder,
                 keras.callbacks.BackupAndRestore(str(backup.folder), delete_checkpoint=False),
