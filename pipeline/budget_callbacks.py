@@ -83,8 +83,8 @@ class DeadlineStop(keras.callbacks.Callback):
         steady = upper_median(train) * len(train) + upper_median(test) * len(test)
         # What the batches do not cover (callbacks, the loader's start) counts as it came.
         self.steady_times.append(min(took, steady + max(0.0, took - timed)))
-        if self.deadline is None:
-            return
+        if self.deadline is None or epoch + 1 >= (self.params or {}).get("epochs", math.inf):
+            return  # no clock, or no next epoch: the deadline stops nothing
         if not next_epoch_fits(time.time(), self.deadline, self.epoch_times):
             self.fired = True
             self.model.stop_training = True
