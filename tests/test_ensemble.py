@@ -51,3 +51,27 @@ def test_the_ensemble_is_one_model_averaging_its_members(tmp_path):
     loaded = keras.models.load_model(path, compile=False, safe_mode=True)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
     assert ensemble.combine([members[0]]) is members[0]
+
+
+def test_each_member_gets_an_equal_share_and_a_late_one_none_without_time(monkeypatch):
+    from pipeline import budget as budgets
+    from pipeline.training import run
+
+    now = 1000.0
+    monkeypatch.setattr(run.time, "time", lambda: now)
+    estimate = budgets.EpochEstimate(epoch_s=1.0, warmup_s=0.5, per_sample_s=0.0)
+
+    def plan(seconds_left):
+        deadline = now + budgets.FINISH_S + seconds_left
+        return budgets.TrainingPlan(30, deadline, "tune", estimate, seconds_left)
+
+    finishing = 2 * run.FINISH_PER_MEMBER_S  # three members: two more to combine and save
+    epochs, deadline = run._member_share(plan(finishing + 90), 1, 3, val_images=0)
+    assert (epochs, deadline) == (10, now + 30)  # a third of 90 s, 0.5 s warm-up: 29 fit, 10 cap
+    epochs, deadline = run._member_share(plan(finishing + 60), 2, 3, val_images=0)
+    assert (epochs, deadline) == (10, now + 30)  # what is left, split between the last two
+    assert run._member_share(plan(finishing + 1.2), 3, 3, val_images=0) == (0, None)
+    assert run._member_share(plan(finishing + 1.2), 1, 3, val_images=0)[0] == 1  # the first runs
+    epochs_mode = budgets.TrainingPlan(30)
+    assert run._member_share(epochs_mode, 2, 3, val_images=0) == (10, None)
+    assert run._member_share(epochs_mode, 1, 1, val_images=0) == (30, None)

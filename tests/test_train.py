@@ -207,6 +207,22 @@ def test_early_stopping_state_comes_from_the_saved_history(tmp_path):
     assert not EpochRecorder(backup, epochs=10, patience=None).should_stop()
 
 
+def test_a_backup_whose_fit_ended_reopens_finished(tmp_path):
+    backup = Backup({"x": 1}, tmp_path / "backup")
+    assert backup.open() == 0 and not backup.finished
+    row = dict.fromkeys(["loss", "accuracy", "val_loss", "learning_rate", "seconds"], 0.1)
+    backup.record({**row, "epoch": 1, "val_accuracy": 0.5})
+    (backup.folder / "training_metadata.json").write_text('{"epoch": 1}')
+    (backup.folder / "latest.weights.h5").write_bytes(b"")
+    (backup.folder / "best-1.weights.h5").write_bytes(b"")
+    assert backup.open() == 1 and not backup.finished  # interrupted: trained on
+    backup.mark_finished()
+    again = Backup({"x": 1}, tmp_path / "backup")
+    assert again.open() == 1 and again.finished  # its fit ended: taken as it is
+    (backup.folder / "finished.json").write_text('{"epochs": 3}')
+    assert again.open() == 1 and not again.finished  # a marker of other epochs: ignored
+
+
 def test_a_corrupt_backup_falls_back_to_training_from_scratch(proj, capsys):
     with pytest.raises(RuntimeError):
         proj.run(callbacks=[Interrupt(1)], epochs=2)
@@ -229,7 +245,9 @@ def test_a_backup_of_other_settings_is_discarded(proj, capsys):
 
 
 def test_a_preset_trains_as_a_baseline(proj):
-    info = proj.run(preset="seed_cnn", epochs=1)
+    # One model, as a baseline is, whatever the ensemble settings.
+    info = proj.run(preset="seed_cnn", epochs=2, ensemble_size=2, ensemble_min_epochs=1)
+    assert "ensemble" not in info and info["epochs_run"] == 2
     assert info["source"] == "preset" and info["preset"] == "seed_cnn"
     assert info["family"] is None and info["hyperparameters"] is None
     model = keras.models.load_model(paths.MODEL, compile=False, safe_mode=True)
@@ -374,7 +392,6 @@ def test_an_ensemble_trains_each_member_and_saves_their_average(proj, capsys):
     assert "an ensemble of 2 trainings" in err and "member 2/2: epoch 2/2" in err
     members = info["ensemble"]["members"]
     assert [(m["member"], m["seed"], m["epochs_run"]) for m in members] == [(1, 42, 2), (2, 43, 2)]
-    assert members[0]["val_accuracy"] != members[1]["val_accuracy"] or members[0]["kept"]
     kept = [m for m in members if m["kept"]]
     assert info["ensemble"]["kept"] == len(kept) >= 1
     assert info["val_accuracy"] >= max(m["val_accuracy"] for m in members) - 1e-6
@@ -437,14 +454,18 @@ class InterruptMember(keras.callbacks.Callback):
 
 def test_in_time_mode_each_member_gets_an_equal_share_of_what_is_left(proj, monkeypatch):
     from pipeline.budget import FINISH_S, SLOW_EPOCH_ENV
+    from pipeline.training.run import FINISH_PER_MEMBER_S
 
     monkeypatch.setenv(SLOW_EPOCH_ENV, "0.5")  # every epoch about 0.5 s, as the "search" saw
-    _tuned_just_now(proj.path, FINISH_S + 6.5, epoch_seconds=0.5)
+    finishing = 2 * FINISH_PER_MEMBER_S  # combining and saving members 2 and 3
+    _tuned_just_now(proj.path, FINISH_S + finishing + 6.5, epoch_seconds=0.5)
     info = proj.run(budget=BUDGET, epochs=50, ensemble_size=3, ensemble_min_epochs=4)
     record = json.loads(paths.RUN_BUDGET.read_text())
-    # 6.5 s left at 0.5 s an epoch: about 12 epochs planned, so 3 members of at most 4.
-    assert 9 <= record["planned_final_epochs"] <= 13
+    # After the finishing, 6.5 s for epochs at 0.5 s: about 12, so 3 members of at most 4.
+    assert 12 <= record["planned_final_epochs"] <= 13 + finishing / 0.5
     members = info["ensemble"]["members"]
-    assert len(members) == 3 and all(1 <= m["epochs_planned"] <= 4 for m in members)
+    assert len(members) == 3 and 1 <= members[0]["epochs_planned"] <= 4
+    # A member that ends early leaves its time to the next ones (their share grows).
+    assert members[2]["epochs_planned"] >= members[0]["epochs_planned"]
     assert all(1 <= m["epochs_run"] <= m["epochs_planned"] for m in members)
     assert record["within_budget"] is True and info["epochs_run"] == record["epochs_run"]

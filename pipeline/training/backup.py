@@ -8,6 +8,8 @@ is the commit point. Before it, this module's recorder writes:
 - ``history.csv``: one row per finished epoch (rewritten atomically each epoch);
 - ``best-<epoch>.weights.h5``: the weights of the best epoch so far, so early stopping
   restores the best weights even when that epoch ran before an interruption.
+- ``finished.json``: written once the fit has ended (an ensemble member that the
+  deadline stopped early is finished too: a rerun does not train it on).
 
 On a rerun the history is cut back to the committed epochs (a row written just before a
 kill is run again, never repeated); a different fingerprint, or any file that does not
@@ -31,6 +33,7 @@ HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lea
 BACKUP_COLUMNS = [*HISTORY_COLUMNS, "seconds"]
 INTEGERS = ("epoch", "member")  # an ensemble's history numbers its members
 STATE_FILE = "state.json"
+FINISHED_FILE = "finished.json"  # written when a training's fit has ended, for any reason
 HISTORY_FILE = "history.csv"
 LATEST_WEIGHTS = "latest.weights.h5"  # BackupAndRestore's names
 METADATA_FILE = "training_metadata.json"
@@ -76,6 +79,7 @@ class Backup:
         self.folder = Path(folder)
         self.fingerprint = fingerprint
         self.rows: list[dict] = []
+        self.finished = False
 
     # -- paths ---------------------------------------------------------------------------
     @property
@@ -91,8 +95,11 @@ class Backup:
 
     # -- resume --------------------------------------------------------------------------
     def open(self) -> int:
-        """Read a saved backup of this training; return the epochs it holds (0: fresh)."""
-        self.rows = []
+        """Read a saved backup of this training; return the epochs it holds (0: fresh).
+
+        ``finished`` tells whether its fit ended (the epochs planned, early stopping or
+        the deadline): a rerun takes it as it is, even when it holds fewer epochs."""
+        self.rows, self.finished = [], False
         if not self.folder.exists():
             self._start_fresh()
             return 0
@@ -112,7 +119,14 @@ class Backup:
         except CorruptBackup as exc:
             self.discard(f"is damaged ({exc})")
             return 0
+        marker = self.folder / FINISHED_FILE
+        self.finished = marker.is_file() and _finished_at(marker) == self.epochs_done
         return self.epochs_done
+
+    def mark_finished(self) -> None:
+        """Record that this training's fit has ended with the epochs it holds."""
+        atomic.write_json(self.folder / FINISHED_FILE, {"epochs": self.epochs_done})
+        self.finished = True
 
     def _committed_rows(self) -> list[dict]:
         metadata = self.folder / METADATA_FILE
@@ -184,7 +198,7 @@ class Backup:
         self._start_fresh()
 
     def _start_fresh(self) -> None:
-        self.rows = []
+        self.rows, self.finished = [], False
         self.remove()
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic.write_json(self.folder / STATE_FILE, {"fingerprint": self.fingerprint})
@@ -215,6 +229,14 @@ class Backup:
     def remove(self) -> None:
         """Delete the whole backup folder (after a successful training)."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _finished_at(marker: Path) -> int | None:
+    """The epochs ``finished.json`` says the ended fit held; None if it does not read."""
+    try:
+        return int(json.loads(marker.read_text())["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _reason(exc: BaseException) -> str:

@@ -28,6 +28,14 @@ from pipeline.training.backup import HISTORY_COLUMNS, Backup, best_epoch, histor
 
 ROLE = "train"
 PRESET_LEARNING_RATE = 1e-3
+# Rebuilding, combining and saving one more ensemble member (measured: 3.4 s to finish a
+# two-member ensemble of the CPU seed CNN, SavedModel export included).
+FINISH_PER_MEMBER_S = 5.0
+LOWER_RATE = "lower the learning rate or check the data"
+
+
+class NoFiniteEpoch(PipelineError):
+    """A training whose every epoch gave a NaN loss or val_accuracy."""
 
 
 def build_model(
@@ -287,9 +295,8 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
     steps = steps_per_epoch(len(splits.train), train_params.batch_size)
     epoch_s = budget.estimate.epoch_s if budget.estimate else None
     job = Job(plan, meta, params, splits, fingerprint, client, run_id, callbacks, steps, epoch_s)
-    count = ensemble.member_count(
-        train_params.ensemble_size, train_params.ensemble_min_epochs, budget.epochs
-    )
+    size = train_params.ensemble_size if plan.source == "tune" else 1  # a preset: a baseline
+    count = ensemble.member_count(size, train_params.ensemble_min_epochs, budget.epochs)
     if count > 1:
         log(
             f"train: an ensemble of {count} trainings of {plan.name} (seeds "
@@ -297,16 +304,31 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
             "the final training; kept by validation accuracy"
         )
     members: list[Member] = []
+    diverged: list[int] = []
     for number in range(1, count + 1):
         epochs, deadline = _member_share(budget, number, count, len(splits.val))
+        if epochs == 0:
+            log(f"train: no time left for member {number}/{count}; the ensemble has {len(members)}")
+            break
         previous = sum(len(m.backup.rows) for m in members)
-        member = _train_member(job, number, count, epochs, deadline, previous)
+        try:
+            member = _train_member(job, number, count, epochs, deadline, previous)
+        except NoFiniteEpoch as exc:
+            if count == 1:
+                raise
+            log(f"train: member {number}/{count} left out: {exc}")
+            diverged.append(number)
+            continue
         if count > 1:
             from pipeline.data.loader import predict
 
             member.val_probabilities = predict(member.model, splits.val)
             member.model = None  # rebuilt with the others if kept: frees its memory now
         members.append(member)
+    if not members:
+        raise NoFiniteEpoch(
+            f"train: no member of the ensemble gave a finite val_accuracy; {LOWER_RATE}"
+        )
     fit_ended_at = time.time()
     if count > 1:
         kept_at, val_accuracy = ensemble.choose(
@@ -340,7 +362,7 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
     _save_model(model)
     if export:
         _export(model)
-    rows = _history_rows(members)
+    rows = _history_rows(members, ensemble=count > 1)
     columns = HISTORY_COLUMNS if count == 1 else [*HISTORY_COLUMNS, "member"]
     atomic.write_text(paths.TRAIN_HISTORY, history_text(rows, columns))
     info = {
@@ -348,7 +370,7 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
         "family": plan.family,
         "preset": plan.preset,
         "hyperparameters": plan.hyperparameters,
-        "params": int(model.count_params()) if count > 1 else members[0].params,
+        "params": sum(m.params for m in kept),
         "epochs_run": len(rows),
         # Numbered as in train_history.csv: the best member's best epoch, after those before it.
         "best_epoch": best.best_epoch + sum(len(m.backup.rows) for m in members[: best.number - 1]),
@@ -362,7 +384,7 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
         "mlflow_run_id": None,
         "mlflow_experiment_id": None,
         "tune_trial_id": plan.trial_id,
-        "stopped_by_deadline": members[-1].stopped_by_deadline,
+        "stopped_by_deadline": any(m.stopped_by_deadline for m in members),
         "fit_ended_at": round(fit_ended_at, 3),
         **flips,
     }
@@ -376,35 +398,41 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
                     "epochs_run": len(m.backup.rows),
                     "best_epoch": m.best_epoch,
                     "val_accuracy": m.val_accuracy,
-                    "kept": m in kept,
+                    "kept": m.number in {k.number for k in kept},
                 }
                 for m in members
             ],
             "kept": len(kept),
+            "diverged": diverged,
             "val_accuracy_best_member": best.val_accuracy,
         }
     return info
 
 
 def _member_share(budget, number: int, count: int, val_images: int) -> tuple[int, float | None]:
-    """Member ``number`` of ``count``: its planned epochs and when its last epoch must end.
+    """Member ``number`` of ``count``: its planned epochs (0: no time left for it) and when
+    its last epoch must end.
 
     Epochs mode: an equal share of the planned epochs. Time mode: an equal share of what
-    is left before the fit deadline, less one prediction pass over the validation split
-    (about a third of a training pass per image) to score it for the ensemble.
+    is left before the fit deadline, less the combining and saving of the members after
+    the first (``FINISH_PER_MEMBER_S`` each) and one prediction pass over the validation
+    split (about a third of a training pass per image) to score it for the ensemble. A
+    member after the first whose share cannot hold its first epoch is not trained.
     """
     if count == 1:
         return budget.epochs, budget.fit_deadline
     if budget.deadline is None:
         return max(1, budget.epochs // count), None
-    share = (budget.fit_deadline - time.time()) / (count - number + 1)
+    now = time.time()
+    finishing = FINISH_PER_MEMBER_S * (count - 1)
+    share = (budget.fit_deadline - finishing - now) / (count - number + 1)
     est = budget.estimate
-    if est is not None:
-        share -= est.per_sample_s * val_images / 3
-    epochs = budgets.plan_epochs(share, est, max(1, budget.epochs // count))
     if est is None:
-        epochs = max(1, budget.epochs // count)
-    return epochs, time.time() + share
+        return (max(1, budget.epochs // count) if share > 0 or number == 1 else 0), now + share
+    share -= est.per_sample_s * val_images / 3
+    if number > 1 and share < est.warmup_s + est.epoch_s:
+        return 0, None
+    return budgets.plan_epochs(share, est, max(1, budget.epochs // count)), now + share
 
 
 def _member_backup_folder(number: int) -> Path:
@@ -421,9 +449,10 @@ def _remove_backups() -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _history_rows(members: list[Member]) -> list[dict]:
-    """Every member's epochs, numbered on from the previous member's (one curve)."""
-    if len(members) == 1:
+def _history_rows(members: list[Member], ensemble: bool) -> list[dict]:
+    """Every member's epochs, numbered on from the previous member's (one curve); with
+    ``ensemble``, each row names its member."""
+    if len(members) == 1 and members[0].number == 1 and not ensemble:
         return members[0].backup.rows
     rows, offset = [], 0
     for member in members:
@@ -449,12 +478,15 @@ def _train_member(
     train_params = params.train
     seed = train_params.seed + number - 1
     label = f"member {number}/{count}: " if count > 1 else ""
-    member_print = job.fingerprint if number == 1 else {**job.fingerprint, "member": number}
-    backup = Backup(member_print, _member_backup_folder(number))
     # A tuned model's cosine schedule, with a clock: decays over the epochs that fit.
     timed = (
         deadline_at is not None and plan.source == "tune" and train_params.lr_schedule == "cosine"
     )
+    # The optimizer differs (a rate variable or a schedule), and so does each member.
+    member_print = {**job.fingerprint, "lr_by_epoch": timed}
+    if count > 1:
+        member_print.update(member=number, members=count)
+    backup = Backup(member_print, _member_backup_folder(number))
     model = build_model(plan, job.meta, params, job.steps, epochs, seed=seed, timed=timed)
     done = backup.open()
     if done and not backup.restore_check(model):
@@ -484,7 +516,7 @@ def _train_member(
     recorder = EpochRecorder(
         backup, epochs, patience, client, run_id, label=label, step_offset=previous
     )
-    finished = done >= epochs or recorder.should_stop() or _nan_stopped(backup)
+    finished = backup.finished or done >= epochs or recorder.should_stop() or _nan_stopped(backup)
     what = f"{plan.name} ({params_count:,} params)"
     where = f"{len(splits.train)} training / {len(splits.val)} validation images"
     if finished:
@@ -509,6 +541,7 @@ def _train_member(
             ],
             **fit,
         )
+        backup.mark_finished()
         if recorder.stopped_early:
             log(f"train: {label}stopped early: no val_accuracy gain in {patience} epochs")
         elif _nan_stopped(backup):
@@ -519,9 +552,8 @@ def _train_member(
     rows = backup.rows
     epoch, best = best_epoch(rows)
     if epoch is None:
-        raise PipelineError(
-            f"train: no epoch gave a finite val_accuracy ({len(rows)} epoch(s)); "
-            "lower the learning rate or check the data"
+        raise NoFiniteEpoch(
+            f"train: no epoch gave a finite val_accuracy ({len(rows)} epoch(s)); {LOWER_RATE}"
         )
     model.load_weights(backup.best_weights(epoch))
     return Member(
