@@ -195,9 +195,16 @@ def next_epoch_fits(now: float, deadline: float, epoch_times: list[float]) -> bo
     """
     if not epoch_times:
         return now < deadline
+    return now + typical_epoch(epoch_times) <= deadline
+
+
+def typical_epoch(epoch_times: list[float], first_only: float | None = None) -> float:
+    """The mean of the epochs after the first (its tracing makes it longer); with only the
+    first timed, ``first_only`` when given, else the first."""
     later = epoch_times[1:]
-    typical = sum(later) / len(later) if later else epoch_times[0]
-    return now + typical <= deadline
+    if later:
+        return sum(later) / len(later)
+    return epoch_times[0] if first_only is None else first_only
 
 
 @dataclass(frozen=True)

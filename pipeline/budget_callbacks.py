@@ -12,6 +12,7 @@ from pipeline.budget import (
     SLOW_EPOCH_ENV,
     next_epoch_fits,
     too_slow,
+    typical_epoch,
     upper_median,
 )
 from pipeline.errors import ConfigError
@@ -162,8 +163,7 @@ class BudgetCosine(keras.callbacks.Callback):
         times, deadline = self.clock.epoch_times, self.clock.deadline
         if deadline is None or not times:
             return self.epochs
-        later = times[1:]  # the first holds the tracing
-        typical = sum(later) / len(later) if later else (self.epoch_s or times[0])
+        typical = typical_epoch(times, self.epoch_s or None)
         fits = math.floor(max(0.0, deadline - now) / typical) if typical > 0 else self.epochs
         return max(epoch + 1, min(self.epochs, epoch + fits))
 
