@@ -283,6 +283,7 @@ class Member:
     val_accuracy: float
     params: int
     stopped_by_deadline: bool
+    previous: int  # the epochs of the members trained before it (history, MLflow steps)
     model: object = None  # the trained model, best weights loaded (dropped once scored)
     val_probabilities: object = None
 
@@ -373,7 +374,7 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
         "params": sum(m.params for m in kept),
         "epochs_run": len(rows),
         # Numbered as in train_history.csv: the best member's best epoch, after those before it.
-        "best_epoch": best.best_epoch + sum(len(m.backup.rows) for m in members[: best.number - 1]),
+        "best_epoch": best.previous + best.best_epoch,
         "val_accuracy": val_accuracy,
         "train_seconds": round(sum(r["seconds"] for r in rows if math.isfinite(r["seconds"])), 3),
         "dataset": params.data.dataset,
@@ -452,14 +453,13 @@ def _remove_backups() -> None:
 def _history_rows(members: list[Member], ensemble: bool) -> list[dict]:
     """Every member's epochs, numbered on from the previous member's (one curve); with
     ``ensemble``, each row names its member."""
-    if len(members) == 1 and members[0].number == 1 and not ensemble:
+    if not ensemble:
         return members[0].backup.rows
-    rows, offset = [], 0
-    for member in members:
-        for row in member.backup.rows:
-            rows.append({**row, "epoch": offset + int(row["epoch"]), "member": member.number})
-        offset += len(member.backup.rows)
-    return rows
+    return [
+        {**row, "epoch": m.previous + int(row["epoch"]), "member": m.number}
+        for m in members
+        for row in m.backup.rows
+    ]
 
 
 def _train_member(
@@ -557,7 +557,7 @@ def _train_member(
         )
     model.load_weights(backup.best_weights(epoch))
     return Member(
-        number, seed, backup, epochs, epoch, best, params_count, deadline.fired, model=model
+        number, seed, backup, epochs, epoch, best, params_count, deadline.fired, previous, model
     )
 
 
