@@ -3,14 +3,18 @@
 Trains the search space's first seed configuration (``search_spaces/cpu.yaml``: the
 16-filter CNN the shipped search keeps choosing) the way the train stage does: cosine
 schedule over each training's epochs, seeds ``--seed``, +1, ... . First the baseline, one
-model of ``members x epochs`` epochs (what the train stage did before ensembles), then
-``--members`` models of ``--epochs`` each. It prints each training's seconds per epoch,
-validation and test accuracy, and after each member the average of the members so far
-(all of them, as the train stage's greedy choice would keep when each raises val). The
-test split is scored for this report only; the train stage never reads it.
+model of ``members x epochs`` epochs (what the train stage did before ensembles; 0
+skips it), then ``--members`` models of ``--epochs`` each: unaugmented as tuned
+(``--augment no``), with the search space's augmentation for the dataset, as
+``train.augment_min_epochs`` adds it (``yes``), or both sets in turn (``both``). It
+prints each training's seconds per epoch, validation and test accuracy, and after each
+member the average of the members so far (all of them, as the train stage's greedy
+choice would keep when each raises val). The test split is scored for this report only;
+the train stage never reads it.
 
     .venv/bin/python bench/ensemble.py [--workdir DIR] [--dataset fashion_mnist]
                                        [--members 3] [--epochs 27] [--baseline-epochs N]
+                                       [--augment no|yes|both]
 
 Data goes through the download and preprocess stages in ``--workdir`` (kept) once.
 """
@@ -37,13 +41,20 @@ def parse_args(argv=None):
     p.add_argument(
         "--baseline-epochs", type=int, default=None, help="the single model's (members x epochs)"
     )
+    p.add_argument(
+        "--augment",
+        choices=("no", "yes", "both"),
+        default="no",
+        help="members with the space's augmentation (as train.augment_min_epochs adds it)",
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
 
 
-def train_one(space, space_file, splits, epochs: int, seed: int):
-    """One training of the space's first seed: (model, seconds per epoch)."""
+def train_one(space, space_file, splits, epochs: int, seed: int, augment: bool = False):
+    """One training of the space's first seed (``augment``: with the space's augmentation
+    for the dataset): (model, seconds per epoch)."""
     import keras
 
     from pipeline.data.loader import fit_inputs
@@ -53,9 +64,12 @@ def train_one(space, space_file, splits, epochs: int, seed: int):
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     steps = steps_per_epoch(len(splits.train), 128)
+    hyperparameters = space.seed_values(space.seeds[0])
+    if augment:
+        hyperparameters["augment"] = True
     model = rebuild_tuned(
         space_file,
-        space.seed_values(space.seeds[0]),
+        hyperparameters,
         splits.input_shape,
         splits.num_classes,
         dataset=splits.meta["dataset"],
@@ -111,19 +125,32 @@ def run(args) -> dict:
         f"{'training':<12} {'epochs':>6} {'s per epoch':>11} {'val':>7} {'test':>7} "
         f"{'avg val':>8} {'avg test':>9}"
     )
-    baseline = args.baseline_epochs or args.members * args.epochs
-    model, seconds = train_one(space, space_file, splits, baseline, args.seed)
-    score("one model", model, seconds, baseline)
-    totals = [0.0, 0.0]
-    for number in range(args.members):
-        model, seconds = train_one(space, space_file, splits, args.epochs, args.seed + number)
-        score(f"member {number + 1}", model, seconds, args.epochs, totals)
-    one, last = rows[0], rows[-1]
-    print(
-        f"\n  {args.members} x {args.epochs} epochs averaged: test {last['avg_test']:.4f}; "
-        f"one model of {baseline} epochs: {one['test']:.4f} "
-        f"({100 * (last['avg_test'] - one['test']):+.2f} points); {device_name()}"
-    )
+    baseline = args.members * args.epochs if args.baseline_epochs is None else args.baseline_epochs
+    if baseline:
+        model, seconds = train_one(space, space_file, splits, baseline, args.seed)
+        score("one model", model, seconds, baseline)
+    one = rows[0] if rows else None
+    sets = {"no": [False], "yes": [True], "both": [False, True]}[args.augment]
+    summary = []
+    for augment in sets:
+        totals = [0.0, 0.0]
+        tag = " aug" if augment else ""
+        for number in range(args.members):
+            model, seconds = train_one(
+                space, space_file, splits, args.epochs, args.seed + number, augment
+            )
+            score(f"member {number + 1}{tag}", model, seconds, args.epochs, totals)
+        what = "augmented" if augment else "unaugmented"
+        average = rows[-1]["avg_test"]
+        line = f"{args.members} x {args.epochs} epochs {what}, averaged: test {average:.4f}"
+        if one is not None:
+            gain = 100 * (average - one["test"])
+            line += f"; one model of {baseline} epochs: {one['test']:.4f} ({gain:+.2f} points)"
+        summary.append(line)
+    print("")
+    for line in summary:
+        print(f"  {line}")
+    print(f"  {device_name()}")
     return {"device": device_name(), "dataset": args.dataset, "rows": rows}
 
 

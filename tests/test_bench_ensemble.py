@@ -11,11 +11,21 @@ def test_a_tiny_run_compares_an_ensemble_with_one_model(tmp_path, capfd, monkeyp
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "result.json"
     argv = ["--workdir", str(tmp_path / "w"), "--dataset", "digits", "--members", "2"]
-    assert ensemble_bench.main([*argv, "--epochs", "1", "--json", str(out)]) == 0
+    argv += ["--epochs", "1", "--augment", "both", "--json", str(out)]
+    assert ensemble_bench.main(argv) == 0
     printed = capfd.readouterr().out
-    assert "2 x 1 epochs averaged: test" in printed and "one model of 2 epochs" in printed
+    assert "2 x 1 epochs unaugmented, averaged: test" in printed
+    assert "2 x 1 epochs augmented, averaged: test" in printed
+    assert "one model of 2 epochs" in printed
     rows = json.loads(out.read_text())["rows"]
-    assert [r["training"] for r in rows] == ["one model", "member 1", "member 2"]
+    assert [r["training"] for r in rows] == [
+        "one model",
+        "member 1",
+        "member 2",
+        "member 1 aug",
+        "member 2 aug",
+    ]
     assert rows[0]["epochs"] == 2 and rows[1]["epochs"] == 1
     assert all(0 <= r["test"] <= 1 and r["s_per_epoch"] > 0 for r in rows)
-    assert rows[1]["avg_test"] == rows[1]["test"] and "avg_test" in rows[2]
+    # Each set averages its own members only.
+    assert rows[1]["avg_test"] == rows[1]["test"] and rows[3]["avg_test"] == rows[3]["test"]
