@@ -5,8 +5,8 @@ Trains the search space's first seed configuration (``search_spaces/cpu.yaml``: 
 schedule over each training's epochs, seeds ``--seed``, +1, ... . First the baseline, one
 model of ``members x epochs`` epochs (what the train stage did before ensembles; 0
 skips it), then ``--members`` models of ``--epochs`` each: unaugmented as tuned
-(``--augment no``), with the search space's augmentation for the dataset, as
-``train.augment_min_epochs`` adds it (``yes``), or both sets in turn (``both``). It
+(``--augment no``), with the search space's augmentation for the dataset although the
+seed has none (``yes``), or both sets in turn (``both``). It
 prints each training's seconds per epoch, validation and test accuracy, and after each
 member the average of the members so far (all of them, as the train stage's greedy
 choice would keep when each raises val). The test split is scored for this report only;
@@ -45,7 +45,7 @@ def parse_args(argv=None):
         "--augment",
         choices=("no", "yes", "both"),
         default="no",
-        help="members with the space's augmentation (as train.augment_min_epochs adds it)",
+        help="members with the search space's augmentation for the dataset (both: each way)",
     )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--json", type=Path, default=None)

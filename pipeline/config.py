@@ -201,14 +201,6 @@ class TrainParams(_Section):
         description="fewer members when the final training's epochs (planned from the "
         "budget, or train.epochs) would give each fewer than this",
     )
-    augment_min_epochs: int | None = Field(
-        20,
-        ge=1,
-        description="a tuned configuration without augmentation trains with its search "
-        "space's augmentation for the dataset when each training is planned for at least "
-        "this many epochs (the search's few-epoch trials favour no augmentation; longer "
-        "trainings gain from it); null: exactly as tuned",
-    )
 
 
 class BudgetParams(_Section):

@@ -302,27 +302,6 @@ def test_smoothing_and_augmentation_models_load_without_the_pipeline(proj):
     assert done.stdout.strip() == "(2, 10) 2.0"
 
 
-def test_a_long_enough_training_adds_the_augmentation_its_trial_did_not_have(proj, capsys):
-    best = json.loads(paths.BEST_HPARAMS.read_text())
-    best["hyperparameters"]["augment"] = False
-    paths.BEST_HPARAMS.write_text(json.dumps(best))
-
-    def random_layers() -> list[str]:
-        model = keras.models.load_model(paths.MODEL, compile=False, safe_mode=True)
-        return [type(layer).__name__ for layer in model.layers if layer.name.startswith("random")]
-
-    info = proj.run(epochs=2, augment_min_epochs=3)  # shorter: exactly as tuned
-    assert info["augmented"] is False and random_layers() == []
-    assert "which the tuned trial did not have" not in capsys.readouterr().err
-    info = proj.run(epochs=2, augment_min_epochs=2)
-    assert info["augmented"] is True
-    assert "which the tuned trial did not have: 2 epochs planned" in capsys.readouterr().err
-    # digits' augmentation in small.yaml; the saved model still predicts without it.
-    assert random_layers() == ["RandomTranslation", "RandomRotation"]
-    client = mlflow_client(proj.path)
-    assert train_runs(client)[-1].data.tags["augmented"] == "true"
-
-
 BUDGET = {
     "mode": "time",
     "minutes": 10,

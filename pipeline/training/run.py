@@ -47,15 +47,13 @@ def build_model(
     seed: int | None = None,
     fresh: bool = True,
     timed: bool = False,
-    augment: bool = False,
 ):
     """A compiled model for ``plan``, its weights seeded with ``seed`` (``train.seed`` by
     default), its learning-rate schedule (if any) sized to ``epochs``.
 
     ``fresh``: clear Keras' session first; False builds beside models already built (the
     members of an ensemble). ``timed``: a tuned model's cosine schedule is left to
-    ``BudgetCosine`` (a constant rate it sets at each epoch). ``augment``: a tuned model
-    gets its search space's augmentation for the dataset even if its trial had none."""
+    ``BudgetCosine`` (a constant rate it sets at each epoch)."""
     import keras
 
     if fresh:
@@ -87,8 +85,6 @@ def build_model(
     if params.train.lr_schedule == "cosine":
         # Sized to this training's epochs; with a clock, set per epoch by BudgetCosine.
         hyperparameters["lr_schedule"] = "constant" if timed else "cosine"
-    if augment:
-        hyperparameters["augment"] = True
     return rebuild_tuned(
         plan.space_file,
         hyperparameters,
@@ -288,7 +284,6 @@ class Member:
     params: int
     stopped_by_deadline: bool
     previous: int  # the epochs of the members trained before it (history, MLflow steps)
-    augmented: bool  # trained with augmentation its tuned trial did not have
     model: object = None  # the trained model, best weights loaded (dropped once scored)
     val_probabilities: object = None
 
@@ -357,7 +352,6 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
                 member.planned_epochs,
                 seed=member.seed,
                 fresh=position == 0,
-                augment=member.augmented,
             )
             model.load_weights(member.backup.best_weights(member.best_epoch))
             models.append(model)
@@ -392,8 +386,6 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
         "mlflow_experiment_id": None,
         "tune_trial_id": plan.trial_id,
         "stopped_by_deadline": any(m.stopped_by_deadline for m in members),
-        # Augmentation the tuned trial did not have (train.augment_min_epochs).
-        "augmented": any(m.augmented for m in kept),
         "fit_ended_at": round(fit_ended_at, 3),
         **flips,
     }
@@ -406,7 +398,6 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
                     "epochs_planned": m.planned_epochs,
                     "epochs_run": len(m.backup.rows),
                     "best_epoch": m.best_epoch,
-                    "augmented": m.augmented,
                     "val_accuracy": m.val_accuracy,
                     "kept": m.number in {k.number for k in kept},
                 }
@@ -491,18 +482,16 @@ def _train_member(
     timed = (
         deadline_at is not None and plan.source == "tune" and train_params.lr_schedule == "cosine"
     )
-    augment = _adds_augmentation(plan, params, epochs)
     # The optimizer differs (a rate variable or a schedule), and so does each member.
-    member_print = {**job.fingerprint, "lr_by_epoch": timed, "augmented": augment}
+    member_print = {**job.fingerprint, "lr_by_epoch": timed}
     if count > 1:
         member_print.update(member=number, members=count)
     backup = Backup(member_print, _member_backup_folder(number))
-    build = {"seed": seed, "timed": timed, "augment": augment}
-    model = build_model(plan, job.meta, params, job.steps, epochs, **build)
+    model = build_model(plan, job.meta, params, job.steps, epochs, seed=seed, timed=timed)
     done = backup.open()
     if done and not backup.restore_check(model):
         done = 0
-        model = build_model(plan, job.meta, params, job.steps, epochs, **build)
+        model = build_model(plan, job.meta, params, job.steps, epochs, seed=seed, timed=timed)
     params_count = int(model.count_params())
     tuned_count = (plan.best or {}).get("params")
     if number == 1 and tuned_count not in (None, params_count):
@@ -512,13 +501,6 @@ def _train_member(
         )
     if number == 1:
         client.set_tag(run_id, "resumed_from_epoch", str(done))
-        if augment:
-            client.set_tag(run_id, "augmented", "true")
-            log(
-                f"train: with the search space's augmentation, which the tuned trial did not "
-                f"have: {epochs} epochs planned, at least train.augment_min_epochs "
-                f"({params.train.augment_min_epochs})"
-            )
     # The run model_info points at holds the whole curve, the resumed epochs included.
     for row in backup.rows:
         metrics = {k: row[k] for k in HISTORY_COLUMNS[1:] if math.isfinite(row[k])}
@@ -575,36 +557,8 @@ def _train_member(
         )
     model.load_weights(backup.best_weights(epoch))
     return Member(
-        number,
-        seed,
-        backup,
-        epochs,
-        epoch,
-        best,
-        params_count,
-        deadline.fired,
-        previous,
-        augment,
-        model,
+        number, seed, backup, epochs, epoch, best, params_count, deadline.fired, previous, model
     )
-
-
-def _adds_augmentation(plan: plans.Plan, params: Params, epochs: int) -> bool:
-    """Whether a training planned for ``epochs`` adds the search space's augmentation that
-    its tuned trial did not have (``train.augment_min_epochs``; a preset never does).
-
-    Short trials favour no augmentation (it slows the first epochs), while a longer
-    training gains from it: bench/README.md's ``ensemble.py --augment`` measurement.
-    """
-    least = params.train.augment_min_epochs
-    if plan.source != "tune" or least is None or epochs < least:
-        return False
-    if plan.hyperparameters.get("augment"):
-        return False
-    from pipeline.search import load_search_space
-
-    space = load_search_space(plan.space_file)
-    return space.common.augment.accepts(True) and bool(space.augmentations_for(params.data.dataset))
 
 
 def _choose_flips(model, plan, params: Params, splits, budget, members: int = 1) -> tuple:
