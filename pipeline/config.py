@@ -144,6 +144,13 @@ class TuneParams(_Section):
     max_consecutive_failed_trials: int = Field(
         5, ge=1, description="this many failed trials in a row end the stage with an error"
     )
+    patience_trials: int | None = Field(
+        None,
+        ge=1,
+        description="time mode: the search ends once this many trials in a row (skipped "
+        "and failed ones included) have not beaten its best, and the final training gets "
+        "the rest of the search's share; null: the search uses all of its share",
+    )
     mixed_precision: Switch = Field(
         "auto", description="float16 compute; auto: on only where a GPU is present"
     )

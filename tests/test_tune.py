@@ -192,6 +192,28 @@ def test_a_tiny_time_budget_stops_early_and_still_writes_outputs(tuned, capsys):
     assert "time budget spent" in capsys.readouterr().err
 
 
+def test_a_search_that_stops_improving_ends_and_leaves_its_time_to_the_final_training(
+    tuned, capsys
+):
+    assert tuned.run(max_trials=30, patience_trials=2) == 0  # time mode, 15 minutes
+    rows = sorted(read_leaderboard(tuned.root), key=lambda r: int(r["trial_id"]))
+    scores = [float(r["val_accuracy"]) for r in rows]
+    best_at = scores.index(max(scores))
+    # Ended two trials after the best: neither beat it, and no third trial started.
+    assert len(rows) == best_at + 3 < 30
+    assert "no new best in the last 2 trials, tune.patience_trials" in capsys.readouterr().err
+    record = json.loads((tuned.root / "reports/tuning/budget.json").read_text())
+    assert record["search_stop"].startswith("no new best in the last 2 trials")
+    assert record["search_seconds"] < record["planned_search_seconds"]
+
+
+def test_in_epochs_mode_the_search_runs_all_its_trials_whatever_the_patience(tuned):
+    assert tuned.run(max_trials=3, patience_trials=1, budget={"mode": "epochs"}) == 0
+    assert len(read_leaderboard(tuned.root)) == 3
+    record = json.loads((tuned.root / "reports/tuning/budget.json").read_text())
+    assert record["search_stop"] == "all trials done"
+
+
 def test_changed_settings_refuse_to_resume_until_resume_is_false(tuned):
     assert tuned.run(max_trials=1) == 0
     with pytest.raises(TuneStateError, match=r"tune.algorithm 'random' -> 'bayesian'.*resume"):

@@ -26,6 +26,7 @@ class PipelineOracleMixin(OracleCompat):
     """
 
     deadline: float | None = None  # time.time() after which no trial starts
+    patience: int | None = None  # with a deadline: trials in a row without a new best that end it
     stop_reason: str | None = None
 
     def budget_spent(self) -> bool:
@@ -49,6 +50,22 @@ class PipelineOracleMixin(OracleCompat):
         typical = statistics.median(firsts) if firsts else 0.0
         return time.time() + typical > self.deadline
 
+    def stalled(self) -> bool:
+        """Whether, with a deadline, the last ``patience`` trials to end (skipped and failed
+        ones included) all ended after the best one without beating it.
+
+        The time the search then leaves goes to the final training, whose deadline is the
+        run's. Without a deadline (epochs mode) the search always runs its fixed work.
+        """
+        if self.deadline is None or not self.patience:
+            return False
+        done = self.completed_trials()
+        if not done:
+            return False
+        best = max(done, key=lambda t: t.score).trial_id
+        ended = list(self.end_order)
+        return best in ended and len(ended) - 1 - ended.index(best) >= self.patience
+
     def _stopped(self, tuner_id, reason: str):
         self.stop_reason = self.stop_reason or reason
         self.tuner_ids.discard(tuner_id)
@@ -65,6 +82,9 @@ class PipelineOracleMixin(OracleCompat):
                 return self._stopped(tuner_id, "too many failed trials")
             if self.budget_spent():
                 return self._stopped(tuner_id, "time budget spent")
+            if self.stalled():
+                reason = f"no new best in the last {self.patience} trials, tune.patience_trials"
+                return self._stopped(tuner_id, reason)
         try:
             trial = super().create_trial(tuner_id)
         except Exception as exc:  # e.g. the Bayesian model failing to fit: stop, say why
@@ -93,7 +113,8 @@ _CLASSES = {
 
 
 def make_oracle(tune: TuneParams, deadline: float | None):
-    """The oracle for ``tune.algorithm``, capped at ``tune.max_trials``."""
+    """The oracle for ``tune.algorithm``, capped at ``tune.max_trials``; with a deadline it
+    also stops at ``tune.patience_trials`` trials without a new best."""
     common = {
         "objective": OBJECTIVE,
         "seed": tune.seed,
@@ -113,6 +134,7 @@ def make_oracle(tune: TuneParams, deadline: float | None):
     else:
         oracle = cls(max_trials=tune.max_trials, **common)
     oracle.deadline = deadline
+    oracle.patience = tune.patience_trials
     return oracle
 
 

@@ -352,7 +352,7 @@ def finish(session: Session, oracle, splits_meta: dict) -> int:
         "mlflow_experiment_id": session.experiment_id,
     }
     best = outputs.best_hparams(oracle, run_ids, context)
-    _write_budget(session, best)
+    _write_budget(session, best, oracle.stop_reason)
     completed = sum(r["status"] == "COMPLETED" for r in rows)
     failed = sum(r["status"] in ("FAILED", "INVALID") for r in rows)
     skipped = sum(r["status"] == "SKIPPED" for r in rows)
@@ -391,11 +391,12 @@ def finish(session: Session, oracle, splits_meta: dict) -> int:
     return 0
 
 
-def _write_budget(session: Session, best: dict | None) -> None:
-    """``reports/tuning/budget.json`` (the clock, what the search spent) and the parent run's
-    budget metrics; the train stage adds the final training's plan to both."""
+def _write_budget(session: Session, best: dict | None, stop: str | None) -> None:
+    """``reports/tuning/budget.json`` (the clock, what the search spent, why it stopped) and
+    the parent run's budget metrics; the train stage adds the final training's plan to both."""
     spent = session.spent_s()
     record = budgets.tune_record(session.params.budget, session.clock, spent, best)
+    record["search_stop"] = stop or "all trials done"
     atomic.write_json(paths.TUNE_BUDGET, record)
     client, parent = session.client, session.parent_run_id
     client.log_artifact(parent, str(paths.TUNE_BUDGET), "tuning")
