@@ -207,6 +207,15 @@ def test_a_search_that_stops_improving_ends_and_leaves_its_time_to_the_final_tra
     assert record["search_seconds"] < record["planned_search_seconds"]
 
 
+def test_a_stalled_search_resumes_with_more_patience_and_goes_on(tuned, capsys):
+    assert tuned.run(max_trials=30, patience_trials=1) == 0
+    first = len(read_leaderboard(tuned.root))
+    assert "no new best in the last 1 trials" in capsys.readouterr().err
+    # patience_trials limits the search without changing any trial: the same search resumes.
+    assert tuned.run(max_trials=first + 2, patience_trials=None) == 0
+    assert len(read_leaderboard(tuned.root)) == first + 2
+
+
 def test_in_epochs_mode_the_search_runs_all_its_trials_whatever_the_patience(tuned):
     assert tuned.run(max_trials=3, patience_trials=1, budget={"mode": "epochs"}) == 0
     assert len(read_leaderboard(tuned.root)) == 3

@@ -25,6 +25,7 @@ RESUMABLE_SETTINGS = {
     "max_trials",
     "max_consecutive_failed_trials",
     "max_retries_per_trial",
+    "patience_trials",
 }
 FRESH_HINT = "set tune.resume: false to start a fresh search (`dvc exp run -S tune.resume=false`)"
 
