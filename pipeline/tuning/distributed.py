@@ -134,7 +134,8 @@ class Chief:
         if not kt_compat.chief_may_exit(self.servicer, self.oracle):
             return False
         # A trial put back by a dead worker still needs running, unless nothing may start.
-        stopping = self.oracle.failure or self.oracle.budget_spent()
+        oracle = self.oracle
+        stopping = oracle.failure or oracle.budget_spent() or oracle.stall_stopped
         return not self.oracle.pending_retries() or bool(stopping)
 
     def wait(self) -> None:

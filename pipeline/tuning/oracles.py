@@ -27,6 +27,7 @@ class PipelineOracleMixin(OracleCompat):
 
     deadline: float | None = None  # time.time() after which no trial starts
     patience: int | None = None  # with a deadline: trials in a row without a new best that end it
+    stall_stopped: bool = False  # the search ended on patience: final, whatever ends after
     stop_reason: str | None = None
 
     def budget_spent(self) -> bool:
@@ -62,9 +63,11 @@ class PipelineOracleMixin(OracleCompat):
         done = self.completed_trials()
         if not done:
             return False
-        best = max(done, key=lambda t: t.score).trial_id
+        top = max(t.score for t in done)
         ended = list(self.end_order)
-        return best in ended and len(ended) - 1 - ended.index(best) >= self.patience
+        # The first trial to reach the best score (a later tie does not restart the count).
+        at = [ended.index(t.trial_id) for t in done if t.score == top and t.trial_id in ended]
+        return bool(at) and len(ended) - 1 - min(at) >= self.patience
 
     def _stopped(self, tuner_id, reason: str):
         self.stop_reason = self.stop_reason or reason
@@ -82,7 +85,10 @@ class PipelineOracleMixin(OracleCompat):
                 return self._stopped(tuner_id, "too many failed trials")
             if self.budget_spent():
                 return self._stopped(tuner_id, "time budget spent")
-            if self.stalled():
+            if self.stall_stopped or self.stalled():
+                # Final: a worker's trial still running must not reopen the search for the
+                # others (and the chief must not wait for retries that will not run).
+                self.stall_stopped = True
                 reason = f"no new best in the last {self.patience} trials, tune.patience_trials"
                 return self._stopped(tuner_id, reason)
         try:
