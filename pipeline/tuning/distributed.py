@@ -136,7 +136,7 @@ class Chief:
         # A trial put back by a dead worker still needs running, unless nothing may start.
         oracle = self.oracle
         stopping = oracle.failure or oracle.budget_spent() or oracle.stall_stopped
-        return not self.oracle.pending_retries() or bool(stopping)
+        return not oracle.pending_retries() or bool(stopping)
 
     def wait(self) -> None:
         """Block until the search has ended and no worker holds a trial."""
