@@ -352,7 +352,8 @@ def finish(session: Session, oracle, splits_meta: dict) -> int:
         "mlflow_experiment_id": session.experiment_id,
     }
     best = outputs.best_hparams(oracle, run_ids, context)
-    _write_budget(session, best, oracle.stop_reason)
+    reason = oracle.stop_reason or "all trials done"
+    _write_budget(session, best, reason)
     completed = sum(r["status"] == "COMPLETED" for r in rows)
     failed = sum(r["status"] in ("FAILED", "INVALID") for r in rows)
     skipped = sum(r["status"] == "SKIPPED" for r in rows)
@@ -366,7 +367,6 @@ def finish(session: Session, oracle, splits_meta: dict) -> int:
         client.set_tag(parent, "best_family", str(best["family"]))
         client.set_tag(parent, "best_trial_id", str(best["trial_id"]))
     tracking.log_metrics(client, parent, metrics)
-    reason = oracle.stop_reason or "all trials done"
     if oracle.failure:
         session.end_parent("FAILED")
         raise SearchFailedError(
@@ -391,12 +391,12 @@ def finish(session: Session, oracle, splits_meta: dict) -> int:
     return 0
 
 
-def _write_budget(session: Session, best: dict | None, stop: str | None) -> None:
+def _write_budget(session: Session, best: dict | None, stop: str) -> None:
     """``reports/tuning/budget.json`` (the clock, what the search spent, why it stopped) and
     the parent run's budget metrics; the train stage adds the final training's plan to both."""
     spent = session.spent_s()
     record = budgets.tune_record(session.params.budget, session.clock, spent, best)
-    record["search_stop"] = stop or "all trials done"
+    record["search_stop"] = stop
     atomic.write_json(paths.TUNE_BUDGET, record)
     client, parent = session.client, session.parent_run_id
     client.log_artifact(parent, str(paths.TUNE_BUDGET), "tuning")
