@@ -207,6 +207,40 @@ def test_a_search_that_stops_improving_ends_and_leaves_its_time_to_the_final_tra
     assert record["search_seconds"] < record["planned_search_seconds"]
 
 
+def test_a_promotion_of_the_best_configuration_does_not_restart_the_patience_count():
+    import time
+
+    import keras_tuner
+    from keras_tuner.engine.trial import Trial, TrialStatus
+
+    from pipeline.config import TuneParams
+    from pipeline.tuning.oracles import make_oracle
+
+    oracle = make_oracle(
+        TuneParams(algorithm="hyperband", patience_trials=3), deadline=time.time() + 600
+    )
+
+    def end(trial_id, rate, score, epochs=2):
+        hp = keras_tuner.HyperParameters()
+        hp.Fixed("learning_rate", rate)
+        hp.Fixed("tuner/epochs", epochs)
+        trial = Trial(hp, trial_id=trial_id, status=TrialStatus.COMPLETED)
+        trial.score = score
+        oracle.trials[trial_id] = trial
+        oracle.end_order.append(trial_id)
+
+    end("00", 0.01, 0.80)  # the best configuration, first tried
+    end("01", 0.02, 0.70)
+    end("02", 0.01, 0.85, epochs=4)  # its promotion: a higher best, the same values
+    assert not oracle.stalled()
+    end("03", 0.03, 0.75)
+    assert oracle.stalled()  # 3 trials since 00: the promotion found nothing new
+    # A new configuration taking the lead starts the count again.
+    end("04", 0.04, 0.90)
+    end("05", 0.05, 0.60)
+    assert not oracle.stalled()
+
+
 def test_a_stalled_search_resumes_with_more_patience_and_goes_on(tuned, capsys):
     assert tuned.run(max_trials=30, patience_trials=1) == 0
     first = len(read_leaderboard(tuned.root))

@@ -53,10 +53,13 @@ class PipelineOracleMixin(OracleCompat):
 
     def stalled(self) -> bool:
         """Whether, with a deadline, the last ``patience`` trials to end (skipped and failed
-        ones included) all ended after the best one without beating it.
+        ones included) all ended after the best configuration was first tried.
 
-        The time the search then leaves goes to the final training, whose deadline is the
-        run's. Without a deadline (epochs mode) the search always runs its fixed work.
+        The count starts at the first trial of the best configuration: a Hyperband
+        promotion of it (the same values trained for more epochs) that raises the best
+        score finds no new configuration, and neither does a later tie. The time the
+        search then leaves goes to the final training, whose deadline is the run's.
+        Without a deadline (epochs mode) the search always runs its fixed work.
         """
         if self.deadline is None or not self.patience:
             return False
@@ -64,9 +67,13 @@ class PipelineOracleMixin(OracleCompat):
         if not done:
             return False
         top = max(t.score for t in done)
+        best = {configuration(t) for t in done if t.score == top}
         ended = list(self.end_order)
-        # The first trial to reach the best score (a later tie does not restart the count).
-        at = [ended.index(t.trial_id) for t in done if t.score == top and t.trial_id in ended]
+        at = [
+            ended.index(t.trial_id)
+            for t in done
+            if t.trial_id in ended and configuration(t) in best
+        ]
         return bool(at) and len(ended) - 1 - min(at) >= self.patience
 
     def _stopped(self, tuner_id, reason: str):
@@ -142,6 +149,13 @@ def make_oracle(tune: TuneParams, deadline: float | None):
     oracle.deadline = deadline
     oracle.patience = tune.patience_trials
     return oracle
+
+
+def configuration(trial) -> tuple:
+    """A trial's hyperparameter values without Keras Tuner's own (``tuner/epochs``, ...):
+    the same for a Hyperband trial and its promotions."""
+    values = trial.hyperparameters.values
+    return tuple(sorted((k, repr(v)) for k, v in values.items() if not k.startswith("tuner/")))
 
 
 def is_stopped(trial) -> bool:
