@@ -148,7 +148,8 @@ class TuneParams(_Section):
         None,
         ge=1,
         description="time mode: the search ends once this many trials in a row (skipped "
-        "and failed ones included) have not beaten its best, and the final training gets "
+        "and failed ones included) have ended since its best configuration was first tried "
+        "(its Hyperband promotions do not restart the count), and the final training gets "
         "the rest of the search's share; null: the search uses all of its share",
     )
     mixed_precision: Switch = Field(
