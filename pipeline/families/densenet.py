@@ -5,14 +5,20 @@ import math
 import keras
 from keras import layers
 
-from pipeline.families._common import classifier_head, l2, max_halvings, stem_halvings
+from pipeline.families._common import (
+    batch_norm_layer,
+    classifier_head,
+    l2,
+    max_halvings,
+    stem_halvings,
+)
 
 BOTTLENECK_WIDTH = 4  # the 1x1 conv has 4 * growth_rate filters, as in DenseNet-BC
 
 
 def _bn_relu_conv(x, filters, kernel_size, reg):
     """Pre-activation conv: batch norm, ReLU, conv (no bias)."""
-    x = layers.BatchNormalization()(x)
+    x = batch_norm_layer()(x)
     x = layers.ReLU()(x)
     return layers.Conv2D(
         filters, kernel_size, padding="same", use_bias=False, kernel_regularizer=reg
@@ -43,7 +49,7 @@ def _stem(x, filters, reg, input_shape):
         return layers.Conv2D(filters, 3, **conv)(x)
     x = layers.Conv2D(filters, 7, strides=2, **conv)(x)
     if halvings == 2:
-        x = layers.ReLU()(layers.BatchNormalization()(x))
+        x = layers.ReLU()(batch_norm_layer()(x))
         x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
     return x
 
@@ -61,6 +67,6 @@ def build(hp, input_shape, num_classes) -> keras.Model:
         if block < num_blocks - 1:
             x = _transition(x, float(hp["compression"]), reg, downsample=budget > 0)
             budget -= 1
-    x = layers.ReLU()(layers.BatchNormalization()(x))
+    x = layers.ReLU()(batch_norm_layer()(x))
     outputs = classifier_head(x, num_classes, hp)
     return keras.Model(inputs, outputs, name="densenet")

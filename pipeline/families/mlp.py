@@ -3,7 +3,7 @@
 import keras
 from keras import layers
 
-from pipeline.families._common import classifier_head, l2
+from pipeline.families._common import batch_norm_layer, classifier_head, l2
 
 
 def build(hp, input_shape, num_classes: int) -> keras.Model:
@@ -19,7 +19,7 @@ def build(hp, input_shape, num_classes: int) -> keras.Model:
             int(hp["units"]), use_bias=not hp["batch_norm"], kernel_regularizer=l2(hp)
         )(x)
         if hp["batch_norm"]:
-            x = layers.BatchNormalization()(x)
+            x = batch_norm_layer()(x)
         x = layers.Activation(hp["activation"])(x)
     outputs = classifier_head(x, num_classes, hp)  # dropout after the last hidden layer
     return keras.Model(inputs, outputs, name="mlp")

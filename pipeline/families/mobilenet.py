@@ -5,7 +5,14 @@ from functools import partial
 import keras
 from keras import layers
 
-from pipeline.families._common import activate, classifier_head, conv_bn, l2, max_halvings
+from pipeline.families._common import (
+    activate,
+    batch_norm_layer,
+    classifier_head,
+    conv_bn,
+    l2,
+    max_halvings,
+)
 
 STEM_FILTERS = 32
 # Per stage: (width, blocks) groups before the width multiplier; a stage's first block is
@@ -28,7 +35,7 @@ def _depthwise_bn(x, reg, activation, strides):
     x = layers.DepthwiseConv2D(
         3, strides=strides, padding="same", use_bias=False, depthwise_regularizer=reg
     )(x)
-    return activate(layers.BatchNormalization()(x), activation)
+    return activate(batch_norm_layer()(x), activation)
 
 
 def _separable_block(x, filters, strides, reg):

@@ -3,7 +3,7 @@
 import keras
 from keras import layers
 
-from pipeline.families._common import classifier_head, conv_bn, l2, max_halvings
+from pipeline.families._common import batch_norm_layer, classifier_head, conv_bn, l2, max_halvings
 
 
 def _separable_bn(x, filters, reg):
@@ -16,7 +16,7 @@ def _separable_bn(x, filters, reg):
         depthwise_regularizer=reg,
         pointwise_regularizer=reg,
     )(x)
-    return layers.BatchNormalization()(x)
+    return batch_norm_layer()(x)
 
 
 def _downsampling_block(x, filters, reg, downsample):
