@@ -209,6 +209,21 @@ class TrainParams(_Section):
         description="fewer members when the final training's epochs (planned from the "
         "budget, or train.epochs) would give each fewer than this",
     )
+    ensemble_runners_up: int = Field(
+        1,
+        ge=0,
+        description="most members (the last ones) that train the search's next best "
+        "distinct configurations (best_hparams.json's runners_up) instead of more seeds of "
+        "the best: each only if it scored within train.ensemble_margin of the best and its "
+        "share of the budget holds budget.min_final_epochs of its epochs; 0: seeds only",
+    )
+    ensemble_margin: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="a runner-up configuration is trained only if its search val_accuracy "
+        "is at most this far below the best's (compared at the same trial epochs)",
+    )
 
 
 class BudgetParams(_Section):

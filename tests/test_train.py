@@ -422,6 +422,63 @@ def test_an_ensemble_trains_each_member_and_saves_their_average(proj, capsys):
     assert steps(client, run) == [0, 1, 2, 3]
 
 
+EPOCHS = {"mode": "epochs"}
+
+
+def _with_runner_up(root, below: float, **record) -> tuple[dict, dict]:
+    """best_hparams.json as a search that also tried a second configuration, ``below`` the
+    best's val_accuracy, leaves it: (the best, the runner-up)."""
+    best = read_best(root)
+    values = dict(best["hyperparameters"])
+    units = next(k for k in values if k.endswith("units"))
+    values[units] = 64 if values[units] != 64 else 128  # another width: other parameters
+    runner = {
+        **{k: best[k] for k in ("family", "epochs", "epoch_seconds", "first_epoch_seconds")},
+        **{k: best[k] for k in ("train_samples", "mlflow_run_id")},
+        "trial_id": "runner",
+        "val_accuracy": best["val_accuracy"] - below,
+        "below_best": below,
+        "hyperparameters": values,
+        **record,
+    }
+    best["runners_up"] = [runner]
+    (root / paths.BEST_HPARAMS).write_text(json.dumps(best))
+    return best, runner
+
+
+def test_the_last_member_trains_the_search_s_next_best_configuration(proj, capsys):
+    best, _ = _with_runner_up(proj.path, below=0.01)
+    # In epochs mode: no share of a clock to fit, each member trains epochs // 3.
+    info = proj.run(budget=EPOCHS, epochs=6, ensemble_size=3, ensemble_min_epochs=1)
+    err = capsys.readouterr().err
+    assert "then the search's next best configuration(s): " in err
+    members = info["ensemble"]["members"]
+    # One runner-up by default (train.ensemble_runners_up), trained last.
+    trials = [(m["trial_id"], m["seed"]) for m in members]
+    assert trials == [(best["trial_id"], 42), (best["trial_id"], 43), ("runner", 44)]
+    assert members[0]["params"] == members[1]["params"] != members[2]["params"]
+    assert info["params"] == sum(m["params"] for m in members if m["kept"])
+    # The saved model is the average of the kept members, whatever their configurations.
+    from pipeline.data.loader import predict
+    from pipeline.data.splits import load_split
+    from pipeline.training import ensemble
+
+    model = keras.models.load_model(paths.MODEL, compile=False, safe_mode=True)
+    val = load_split("val")
+    assert ensemble.accuracy(predict(model, val), val.y) == pytest.approx(info["val_accuracy"])
+
+
+def test_a_runner_up_far_below_the_best_is_not_trained(proj):
+    best, _ = _with_runner_up(proj.path, below=0.05)  # the default margin: 0.02
+    info = proj.run(budget=EPOCHS, epochs=2, ensemble_size=2, ensemble_min_epochs=1)
+    assert [m["trial_id"] for m in info["ensemble"]["members"]] == [best["trial_id"]] * 2
+    # ... and none is with ensemble_runners_up 0.
+    _with_runner_up(proj.path, below=0.0)
+    settings = {"ensemble_size": 2, "ensemble_min_epochs": 1, "ensemble_runners_up": 0}
+    info = proj.run(budget=EPOCHS, epochs=2, **settings)
+    assert [m["trial_id"] for m in info["ensemble"]["members"]] == [best["trial_id"]] * 2
+
+
 def test_an_interrupted_ensemble_keeps_its_finished_members(proj, capsys):
     with pytest.raises(RuntimeError, match="after epoch 1"):
         # The interrupt counts each member's epochs: member 1 runs 2, member 2 stops after 1.
@@ -450,6 +507,21 @@ class InterruptMember(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.seen == self.member and epoch + 1 == self.after:
             raise RuntimeError(f"interrupted after epoch {self.after}")
+
+
+def test_in_time_mode_a_runner_up_too_slow_for_its_share_gives_way_to_a_seed(
+    proj, monkeypatch, capsys
+):
+    from pipeline.budget import FINISH_S, SLOW_EPOCH_ENV
+    from pipeline.training.run import FINISH_PER_MEMBER_S
+
+    monkeypatch.setenv(SLOW_EPOCH_ENV, "0.5")
+    _tuned_just_now(proj.path, FINISH_S + FINISH_PER_MEMBER_S + 5, epoch_seconds=0.5)
+    # Its epochs take a minute: its half of the 5 s left holds none of them.
+    best, _ = _with_runner_up(proj.path, below=0.0, epoch_seconds=60.0, first_epoch_seconds=60.0)
+    info = proj.run(budget=BUDGET, epochs=50, ensemble_size=2, ensemble_min_epochs=2)
+    assert "a seed of the best trains instead" in capsys.readouterr().err
+    assert [m["trial_id"] for m in info["ensemble"]["members"]] == [best["trial_id"]] * 2
 
 
 def test_in_time_mode_each_member_gets_an_equal_share_of_what_is_left(proj, monkeypatch):

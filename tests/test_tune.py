@@ -207,6 +207,54 @@ def test_a_search_that_stops_improving_ends_and_leaves_its_time_to_the_final_tra
     assert record["search_seconds"] < record["planned_search_seconds"]
 
 
+def test_best_hparams_lists_the_next_best_configurations_for_the_final_ensemble(tuned):
+    assert tuned.run(max_trials=3) == 0
+    best = read_best(tuned.root)
+    scored = sorted(
+        (float(r["val_accuracy"]), r["trial_id"])
+        for r in read_leaderboard(tuned.root)
+        if r["val_accuracy"]
+    )
+    runners_up = best["runners_up"]
+    # The other two trials (random search: distinct configurations), best first; each
+    # trained as many epochs as the best, so measured against its score.
+    assert [r["trial_id"] for r in runners_up] == [t for _, t in reversed(scored[:-1])]
+    for record in runners_up:
+        assert record["hyperparameters"] != best["hyperparameters"]
+        assert record["epoch_seconds"] > 0 and record["train_samples"] == best["train_samples"]
+        below = best["val_accuracy"] - record["val_accuracy"]
+        assert record["below_best"] == pytest.approx(below) and below >= 0
+
+
+def test_runners_up_are_measured_against_the_best_at_their_own_trial_epochs():
+    import keras_tuner
+    from keras_tuner.engine.trial import Trial, TrialStatus
+
+    from pipeline.config import TuneParams
+    from pipeline.tuning import outputs
+    from pipeline.tuning.oracles import make_oracle
+
+    oracle = make_oracle(TuneParams(algorithm="hyperband"), deadline=None)
+
+    def end(trial_id, family, score, epochs):
+        hp = keras_tuner.HyperParameters()
+        hp.Fixed("family", family)
+        hp.Fixed("tuner/epochs", epochs)
+        trial = Trial(hp, trial_id=trial_id, status=TrialStatus.COMPLETED)
+        trial.score = score
+        trial.metrics.update("epochs", epochs)
+        oracle.trials[trial_id] = trial
+
+    end("00", "simple_cnn", 0.874, epochs=2)
+    end("01", "vgg", 0.870, epochs=2)  # 0.004 below the CNN's 2-epoch score
+    end("02", "simple_cnn", 0.892, epochs=4)  # the CNN's promotion: the best
+    end("03", "resnet", 0.875, epochs=4)  # scores higher than vgg, but 0.017 below at 4
+    best = outputs.best_hparams(oracle, {}, {})
+    assert best["trial_id"] == "02"
+    gaps = [(r["trial_id"], round(r["below_best"], 3)) for r in best["runners_up"]]
+    assert gaps == [("01", 0.004), ("03", 0.017)]
+
+
 def test_a_promotion_of_the_best_configuration_does_not_restart_the_patience_count():
     import time
 

@@ -4,7 +4,7 @@ Everything here is checked before Keras builds anything (and, for the best trial
 TensorFlow loads), so a missing or stale ``best_hparams.json`` is one line, not a traceback.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,22 @@ class Plan:
     @property
     def trial_id(self) -> str | None:
         return None if self.best is None else str(self.best["trial_id"])
+
+    def runners_up(self, margin: float) -> list["Plan"]:
+        """The search's next best distinct configurations scoring at most ``margin`` below
+        the best, best first (none for a preset or an older ``best_hparams.json``)."""
+        if self.best is None:
+            return []
+        plans = []
+        for record in self.best.get("runners_up") or []:
+            below = record.get("below_best")
+            if below is None or float(below) > margin:
+                continue
+            hyperparameters = dict(record["hyperparameters"])
+            hyperparameters.setdefault("family", record.get("family"))
+            family = str(hyperparameters["family"])
+            plans.append(replace(self, family=family, hyperparameters=hyperparameters, best=record))
+        return plans
 
 
 def check_preset(name: str) -> None:

@@ -268,7 +268,6 @@ class Job:
     run_id: str
     callbacks: Sequence
     steps: int
-    epoch_s: float | None  # the plan's seconds per epoch (None: unknown)
 
 
 @dataclass
@@ -284,6 +283,7 @@ class Member:
     params: int
     stopped_by_deadline: bool
     previous: int  # the epochs of the members trained before it (history, MLflow steps)
+    plan: plans.Plan  # what it trains: the best configuration or a runner-up
     model: object = None  # the trained model, best weights loaded (dropped once scored)
     val_probabilities: object = None
 
@@ -294,26 +294,40 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
 
     train_params = params.train
     steps = steps_per_epoch(len(splits.train), train_params.batch_size)
-    epoch_s = budget.estimate.epoch_s if budget.estimate else None
-    job = Job(plan, meta, params, splits, fingerprint, client, run_id, callbacks, steps, epoch_s)
+    job = Job(plan, meta, params, splits, fingerprint, client, run_id, callbacks, steps)
     size = train_params.ensemble_size if plan.source == "tune" else 1  # a preset: a baseline
     count = ensemble.member_count(size, train_params.ensemble_min_epochs, budget.epochs)
+    runners_up = plan.runners_up(train_params.ensemble_margin)[
+        : min(train_params.ensemble_runners_up, count - 1)
+    ]
     if count > 1:
+        seeds = count - len(runners_up)
+        others = f", then the search's next best configuration(s): {_names(runners_up)}"
         log(
-            f"train: an ensemble of {count} trainings of {plan.name} (seeds "
-            f"{train_params.seed}..{train_params.seed + count - 1}), each for 1/{count} of "
-            "the final training; kept by validation accuracy"
+            f"train: an ensemble of {count} trainings, each for 1/{count} of the final "
+            f"training: {plan.name} (trial {plan.trial_id}, seeds {train_params.seed}.."
+            f"{train_params.seed + seeds - 1}){others if runners_up else ''}; kept by "
+            "validation accuracy"
         )
     members: list[Member] = []
     diverged: list[int] = []
     for number in range(1, count + 1):
-        epochs, deadline = _member_share(budget, number, count, len(splits.val))
+        # Runners-up train last: members that end early (a short plan, early stopping) leave
+        # their time to the next ones, and a runner-up is usually the slower configuration.
+        member_plan = runners_up.pop(0) if count - number < len(runners_up) else plan
+        estimate = budgets.estimate_epoch(member_plan.best, len(splits.train))
+        epochs, deadline = _member_share(budget, number, count, len(splits.val), estimate)
+        if member_plan is not plan and not _runner_up_fits(member_plan, epochs, params, budget):
+            member_plan, estimate = plan, budget.estimate
+            epochs, deadline = _member_share(budget, number, count, len(splits.val), estimate)
         if epochs == 0:
             log(f"train: no time left for member {number}/{count}; the ensemble has {len(members)}")
             break
         previous = sum(len(m.backup.rows) for m in members)
         try:
-            member = _train_member(job, number, count, epochs, deadline, previous)
+            member = _train_member(
+                job, member_plan, estimate, number, count, epochs, deadline, previous
+            )
         except NoFiniteEpoch as exc:
             if count == 1:
                 raise
@@ -345,7 +359,7 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
         models = []
         for position, member in enumerate(kept):
             model = build_model(
-                plan,
+                member.plan,
                 meta,
                 params,
                 steps,
@@ -394,6 +408,9 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
             "members": [
                 {
                     "member": m.number,
+                    "family": m.plan.family,
+                    "trial_id": m.plan.trial_id,
+                    "params": m.params,
                     "seed": m.seed,
                     "epochs_planned": m.planned_epochs,
                     "epochs_run": len(m.backup.rows),
@@ -410,9 +427,32 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
     return info
 
 
-def _member_share(budget, number: int, count: int, val_images: int) -> tuple[int, float | None]:
+def _names(runners_up: list[plans.Plan]) -> str:
+    return ", ".join(f"{p.name} (trial {p.trial_id})" for p in runners_up)
+
+
+def _runner_up_fits(runner_up: plans.Plan, epochs: int, params: Params, budget) -> bool:
+    """Whether a runner-up configuration gets enough epochs in its share: with a clock,
+    ``budget.min_final_epochs`` of its own measured epoch time (else a seed of the best
+    trains instead)."""
+    if budget.deadline is None:
+        return True
+    if epochs >= params.budget.min_final_epochs and runner_up.best.get("epoch_seconds"):
+        return True
+    log(
+        f"train: the runner-up {_names([runner_up])} would get {epochs} epoch(s) in its "
+        f"share, fewer than budget.min_final_epochs ({params.budget.min_final_epochs}); "
+        "a seed of the best trains instead"
+    )
+    return False
+
+
+def _member_share(
+    budget, number: int, count: int, val_images: int, estimate=None
+) -> tuple[int, float | None]:
     """Member ``number`` of ``count``: its planned epochs (0: no time left for it) and when
-    its last epoch must end.
+    its last epoch must end. ``estimate``: its configuration's epoch time (default: the
+    best's, ``budget.estimate``).
 
     Epochs mode: an equal share of the planned epochs. Time mode: an equal share of what
     is left before the fit deadline, less the combining and saving of the members after
@@ -427,7 +467,7 @@ def _member_share(budget, number: int, count: int, val_images: int) -> tuple[int
     now = time.time()
     finishing = FINISH_PER_MEMBER_S * (count - 1)
     share = (budget.fit_deadline - finishing - now) / (count - number + 1)
-    est = budget.estimate
+    est = budget.estimate if estimate is None else estimate
     if est is None:
         return (max(1, budget.epochs // count) if share > 0 or number == 1 else 0), now + share
     share -= est.per_sample_s * val_images / 3
@@ -463,9 +503,17 @@ def _history_rows(members: list[Member], ensemble: bool) -> list[dict]:
 
 
 def _train_member(
-    job: Job, number: int, count: int, epochs: int, deadline_at: float | None, previous: int
+    job: Job,
+    plan: plans.Plan,
+    estimate,
+    number: int,
+    count: int,
+    epochs: int,
+    deadline_at: float | None,
+    previous: int,
 ) -> Member:
-    """Train (or resume, or take from its finished backup) member ``number`` of ``count``.
+    """Train (or resume, or take from its finished backup) member ``number`` of ``count``:
+    ``plan``'s configuration (the best's or a runner-up's), ``estimate`` its epoch time.
 
     ``previous``: the epochs of the members before it (its MLflow steps follow theirs)."""
     import keras
@@ -474,7 +522,7 @@ def _train_member(
     from pipeline.data.loader import fit_inputs
     from pipeline.training.callbacks import EpochRecorder
 
-    plan, params, splits, client, run_id = job.plan, job.params, job.splits, job.client, job.run_id
+    params, splits, client, run_id = job.params, job.splits, job.client, job.run_id
     train_params = params.train
     seed = train_params.seed + number - 1
     label = f"member {number}/{count}: " if count > 1 else ""
@@ -486,6 +534,8 @@ def _train_member(
     member_print = {**job.fingerprint, "lr_by_epoch": timed}
     if count > 1:
         member_print.update(member=number, members=count)
+    if plan is not job.plan:
+        member_print.update(member_hyperparameters=plan.hyperparameters)
     backup = Backup(member_print, _member_backup_folder(number))
     model = build_model(plan, job.meta, params, job.steps, epochs, seed=seed, timed=timed)
     done = backup.open()
@@ -512,7 +562,7 @@ def _train_member(
     if timed:
         patience = None  # the schedule ends with the budget; stopping early wastes its end
         rate = float(plan.hyperparameters["learning_rate"])
-        schedule = [BudgetCosine(rate, epochs, deadline, job.epoch_s)]
+        schedule = [BudgetCosine(rate, epochs, deadline, estimate and estimate.epoch_s)]
     recorder = EpochRecorder(
         backup, epochs, patience, client, run_id, label=label, step_offset=previous
     )
@@ -557,7 +607,17 @@ def _train_member(
         )
     model.load_weights(backup.best_weights(epoch))
     return Member(
-        number, seed, backup, epochs, epoch, best, params_count, deadline.fired, previous, model
+        number,
+        seed,
+        backup,
+        epochs,
+        epoch,
+        best,
+        params_count,
+        deadline.fired,
+        previous,
+        plan,
+        model,
     )
 
 

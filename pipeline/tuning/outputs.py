@@ -8,6 +8,7 @@ from keras_tuner.engine.trial import TrialStatus
 
 from pipeline import atomic, paths
 from pipeline.budget import was_skipped
+from pipeline.tuning.oracles import configuration
 from pipeline.tuning.tuner import trial_params
 
 COLUMNS = [
@@ -76,27 +77,69 @@ def write_leaderboard(rows: list[dict], path: Path = paths.LEADERBOARD) -> None:
     atomic.write_text(path, buffer.getvalue())
 
 
+# best_hparams.json lists this many next-best configurations (train.ensemble_runners_up).
+RUNNERS_UP = 4
+
+
 def best_hparams(oracle, run_ids: dict[str, str], context: dict) -> dict | None:
-    """The best completed trial's hyperparameters and provenance; None if none completed."""
+    """The best completed trial's hyperparameters and provenance; None if none completed.
+
+    ``runners_up``: the next best distinct configurations (a Hyperband promotion is the
+    same configuration as the trial it continues), each as its best-scoring trial with
+    ``below_best``, how far it scored below the best configuration trained for as many
+    epochs, closest first; the train stage may train them as members of its ensemble.
+    """
     completed = oracle.completed_trials()
     if not completed:
         return None
-    best = max(completed, key=lambda t: t.score)
-    values = {
-        k: (v.item() if hasattr(v, "item") else v) for k, v in best.hyperparameters.values.items()
-    }
-    epochs = _metric(best, "epochs")
-    params = _metric(best, "params")
-    samples = _metric(best, "train_samples")
+    by_score = sorted(completed, key=lambda t: (-t.score, t.trial_id))
+    distinct, seen = [], set()
+    for trial in by_score:
+        key = configuration(trial)
+        if key not in seen:
+            seen.add(key)
+            distinct.append(trial)
+    best = distinct[0]
+    # Closest to the best first, each measured against the best at its own trial epochs.
+    gaps = sorted((_below_best(t, best, completed), i) for i, t in enumerate(distinct[1:], 1))
     return {
-        "trial_id": best.trial_id,
+        **_trial_record(best, run_ids),
+        "runners_up": [
+            {**_trial_record(distinct[i], run_ids), "below_best": gap}
+            for gap, i in gaps[:RUNNERS_UP]
+        ],
+        **context,
+    }
+
+
+def _below_best(trial, best, completed: list) -> float:
+    """How far ``trial`` scored below the best configuration trained for as many epochs
+    (Hyperband scores a configuration at 2 epochs, its promotion at 4: a 2-epoch runner-up
+    is compared with the best's 2-epoch score); below the best's score where it has none."""
+    key, epochs = configuration(best), _metric(trial, "epochs")
+    same = [
+        t.score
+        for t in completed
+        if configuration(t) == key and epochs is not None and _metric(t, "epochs") == epochs
+    ]
+    return float(max(same, default=best.score) - trial.score)
+
+
+def _trial_record(trial, run_ids: dict[str, str]) -> dict:
+    values = {
+        k: (v.item() if hasattr(v, "item") else v) for k, v in trial.hyperparameters.values.items()
+    }
+    epochs = _metric(trial, "epochs")
+    params = _metric(trial, "params")
+    samples = _metric(trial, "train_samples")
+    return {
+        "trial_id": trial.trial_id,
         "family": values.get("family"),
-        "val_accuracy": best.score,
+        "val_accuracy": trial.score,
         "epochs": None if epochs is None else int(epochs),
         "params": None if params is None else int(params),
-        **{k: _metric(best, k) for k in EPOCH_TIMES},
+        **{k: _metric(trial, k) for k in EPOCH_TIMES},
         "train_samples": int(samples) if samples else None,
         "hyperparameters": trial_params(values),
-        "mlflow_run_id": run_ids.get(best.trial_id),
-        **context,
+        "mlflow_run_id": run_ids.get(trial.trial_id),
     }
