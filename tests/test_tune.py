@@ -242,12 +242,13 @@ def test_runners_up_are_measured_against_the_best_at_their_own_trial_epochs():
         hp.Fixed("tuner/epochs", epochs)
         trial = Trial(hp, trial_id=trial_id, status=TrialStatus.COMPLETED)
         trial.score = score
-        trial.metrics.update("epochs", epochs)
+        # Its own epochs: a promotion continues its trial's model for the rest only.
+        trial.metrics.update("epochs", 2 if trial_id == "02" else epochs)
         oracle.trials[trial_id] = trial
 
     end("00", "simple_cnn", 0.874, epochs=2)
     end("01", "vgg", 0.870, epochs=2)  # 0.004 below the CNN's 2-epoch score
-    end("02", "simple_cnn", 0.892, epochs=4)  # the CNN's promotion: the best
+    end("02", "simple_cnn", 0.892, epochs=4)  # the CNN's promotion (2 more epochs): the best
     end("03", "resnet", 0.875, epochs=4)  # scores higher than vgg, but 0.017 below at 4
     best = outputs.best_hparams(oracle, {}, {})
     assert best["trial_id"] == "02"

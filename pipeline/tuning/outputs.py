@@ -116,13 +116,19 @@ def _below_best(trial, best, completed: list) -> float:
     """How far ``trial`` scored below the best configuration trained for as many epochs
     (Hyperband scores a configuration at 2 epochs, its promotion at 4: a 2-epoch runner-up
     is compared with the best's 2-epoch score); below the best's score where it has none."""
-    key, epochs = configuration(best), _metric(trial, "epochs")
+    key, epochs = configuration(best), _trained_epochs(trial)
     same = [
         t.score
         for t in completed
-        if configuration(t) == key and epochs is not None and _metric(t, "epochs") == epochs
+        if configuration(t) == key and epochs is not None and _trained_epochs(t) == epochs
     ]
     return float(max(same, default=best.score) - trial.score)
+
+
+def _trained_epochs(trial):
+    """The epochs a trial's model had when scored: a Hyperband promotion's include those
+    of the trial it continues (``tuner/epochs``); its ``epochs`` metric counts only its own."""
+    return trial.hyperparameters.values.get("tuner/epochs") or _metric(trial, "epochs")
 
 
 def _trial_record(trial, run_ids: dict[str, str]) -> dict:
