@@ -315,9 +315,15 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
         # Runners-up train last: members that end early (a short plan, early stopping) leave
         # their time to the next ones, and a runner-up is usually the slower configuration.
         member_plan = runners_up.pop(0) if count - number < len(runners_up) else plan
-        estimate = budgets.estimate_epoch(member_plan.best, len(splits.train))
+        estimate = (
+            budget.estimate
+            if member_plan is plan
+            else budgets.estimate_epoch(member_plan.best, len(splits.train))
+        )
         epochs, deadline = _member_share(budget, number, count, len(splits.val), estimate)
-        if member_plan is not plan and not _runner_up_fits(member_plan, epochs, params, budget):
+        if member_plan is not plan and not _runner_up_fits(
+            member_plan, estimate, epochs, params, budget
+        ):
             member_plan, estimate = plan, budget.estimate
             epochs, deadline = _member_share(budget, number, count, len(splits.val), estimate)
         if epochs == 0:
@@ -431,13 +437,13 @@ def _names(runners_up: list[plans.Plan]) -> str:
     return ", ".join(f"{p.name} (trial {p.trial_id})" for p in runners_up)
 
 
-def _runner_up_fits(runner_up: plans.Plan, epochs: int, params: Params, budget) -> bool:
+def _runner_up_fits(runner_up: plans.Plan, estimate, epochs: int, params: Params, budget) -> bool:
     """Whether a runner-up configuration gets enough epochs in its share: with a clock,
     ``budget.min_final_epochs`` of its own measured epoch time (else a seed of the best
     trains instead)."""
     if budget.deadline is None:
         return True
-    if epochs >= params.budget.min_final_epochs and runner_up.best.get("epoch_seconds"):
+    if estimate is not None and epochs >= params.budget.min_final_epochs:
         return True
     log(
         f"train: the runner-up {_names([runner_up])} would get {epochs} epoch(s) in its "

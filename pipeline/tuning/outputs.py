@@ -117,11 +117,13 @@ def _below_best(trial, best, completed: list) -> float:
     (Hyperband scores a configuration at 2 epochs, its promotion at 4: a 2-epoch runner-up
     is compared with the best's 2-epoch score); below the best's score where it has none."""
     key, epochs = configuration(best), _trained_epochs(trial)
-    same = [
-        t.score
-        for t in completed
-        if configuration(t) == key and epochs is not None and _trained_epochs(t) == epochs
-    ]
+    same = (
+        []
+        if epochs is None
+        else [
+            t.score for t in completed if _trained_epochs(t) == epochs and configuration(t) == key
+        ]
+    )
     return float(max(same, default=best.score) - trial.score)
 
 
