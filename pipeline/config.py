@@ -197,14 +197,14 @@ class TrainParams(_Section):
         "raises validation accuracy (datasets whose augmentation flips images)",
     )
     ensemble_size: int = Field(
-        3,
+        2,
         ge=1,
-        description="most trainings of the chosen configuration (seeds train.seed, +1, ...), "
-        "each for an equal share of the final training, averaged; those that raise "
-        "validation accuracy are kept; 1: a single model",
+        description="most trainings in the final training (seeds train.seed, +1, ... of the "
+        "chosen configuration, the last ones perhaps runners-up), each for the same number "
+        "of epochs, averaged; those that raise validation accuracy are kept; 1: a single model",
     )
     ensemble_min_epochs: int = Field(
-        20,
+        16,
         ge=1,
         description="fewer members when the final training's epochs (planned from the "
         "budget, or train.epochs) would give each fewer than this",
@@ -214,8 +214,9 @@ class TrainParams(_Section):
         ge=0,
         description="most members (the last ones) that train the search's next best "
         "distinct configurations (best_hparams.json's runners_up) instead of more seeds of "
-        "the best: each only if it scored within train.ensemble_margin of the best and its "
-        "share of the budget holds budget.min_final_epochs of its epochs; 0: seeds only",
+        "the best: each only if it scored within train.ensemble_margin of the best and, with "
+        "a clock, every member would still get train.ensemble_min_epochs and "
+        "budget.min_final_epochs epochs (a slower one gets more time); 0: seeds only",
     )
     ensemble_margin: float = Field(
         0.02,

@@ -75,3 +75,67 @@ def test_each_member_gets_an_equal_share_and_a_late_one_none_without_time(monkey
     epochs_mode = budgets.TrainingPlan(30)
     assert run._member_share(epochs_mode, 2, 3, val_images=0) == (10, None)
     assert run._member_share(epochs_mode, 1, 1, val_images=0) == (30, None)
+
+
+def _time_budget(monkeypatch, seconds_left: float, estimate, epochs: int = 90):
+    """A time-mode TrainingPlan with ``seconds_left`` for epochs, at a frozen clock."""
+    from pipeline import budget as budgets
+    from pipeline.training import run
+
+    now = 1000.0
+    monkeypatch.setattr(run.time, "time", lambda: now)
+    deadline = now + budgets.FINISH_S + seconds_left
+    return budgets.TrainingPlan(epochs, deadline, "tune", estimate, seconds_left), now
+
+
+def test_a_slower_member_gets_more_time_so_that_every_member_gets_the_same_epochs(monkeypatch):
+    from pipeline import budget as budgets
+    from pipeline.training import run
+
+    fast = budgets.EpochEstimate(epoch_s=1.0, warmup_s=0.5, per_sample_s=0.0)
+    slow = budgets.EpochEstimate(epoch_s=3.0, warmup_s=0.5, per_sample_s=0.0)
+    finishing = run.FINISH_PER_MEMBER_S  # two members: one more to combine and save
+    budget, now = _time_budget(monkeypatch, finishing + 81.0, fast)
+    # 81 s, 1 s of warm-ups: 20 epochs each, at 1 s and 3 s.
+    epochs, deadline = run._member_share(budget, 1, 2, val_images=0, later=[slow])
+    assert (epochs, deadline) == (20, now + 20.5)
+    budget, now = _time_budget(monkeypatch, finishing + 60.5, fast)  # what member 1 left
+    assert run._member_share(budget, 2, 2, val_images=0, estimate=slow, later=[]) == (
+        20,
+        now + 60.5,
+    )
+
+
+def _plan_with_runner_up(epoch_seconds: float):
+    from pipeline.training.plan import Plan
+
+    runner = {"trial_id": "runner", "family": "vgg", "below_best": 0.0, "hyperparameters": {}}
+    runner |= {"epoch_seconds": epoch_seconds, "train_samples": 100, "val_accuracy": 0.9}
+    best = {"trial_id": "best", "family": "simple_cnn", "runners_up": [runner]}
+    plan = Plan(source="tune", family="simple_cnn", hyperparameters={}, best=best)
+    return plan, plan.runners_up(0.02)
+
+
+@pytest.mark.parametrize(
+    ("runner_epoch_s", "min_epochs", "kept"), [(3.0, 4, True), (8.0, 4, False), (3.0, 20, False)]
+)
+def test_a_runner_up_that_equal_epochs_leave_short_is_swapped_for_a_seed_before_training(
+    monkeypatch, runner_epoch_s, min_epochs, kept
+):
+    from pipeline import budget as budgets
+    from pipeline.config import Params
+    from pipeline.training import run
+
+    fast = budgets.EpochEstimate(epoch_s=1.0, warmup_s=0.0, per_sample_s=0.0)
+    # 3 members, 90 s: at 1+1+3 s an epoch, 18 epochs each; at 1+1+8 s, 9, fewer than
+    # budget.min_final_epochs (10 here); 18 is fewer than train.ensemble_min_epochs 20.
+    # Either way two seeds, decided before the first trains.
+    budget, _ = _time_budget(monkeypatch, 2 * run.FINISH_PER_MEMBER_S + 90.0, fast)
+    settings = {"budget": {"min_final_epochs": 10}, "train": {"ensemble_min_epochs": min_epochs}}
+    params = Params.model_validate(settings)
+    plan, runners_up = _plan_with_runner_up(runner_epoch_s)
+    roster = run._roster(plan, runners_up, 3, budget, params, 100, 0)
+    assert [p is plan for p, _ in roster] == [True, True, not kept]
+    assert roster[2][1] == (
+        budgets.EpochEstimate(runner_epoch_s, 0.0, runner_epoch_s / 100) if kept else fast
+    )

@@ -300,32 +300,37 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
     runners_up = plan.runners_up(train_params.ensemble_margin)[
         : min(train_params.ensemble_runners_up, count - 1)
     ]
+    # Runners-up train last: members that end early (a short plan, early stopping) leave
+    # their time to the next ones, and a runner-up is usually the slower configuration.
+    roster = _roster(plan, runners_up, count, budget, params, len(splits.train), len(splits.val))
     if count > 1:
-        seeds = count - len(runners_up)
-        others = f", then the search's next best configuration(s): {_names(runners_up)}"
+        others = [p for p, _ in roster if p is not plan]
+        seeds = count - len(others)
+        then = f", then the search's next best configuration(s): {_names(others)}"
+        share = (
+            "each for the same number of epochs (a slower configuration gets more time)"
+            if budget.deadline is not None
+            else f"each for 1/{count} of the final training's epochs"
+        )
         log(
-            f"train: an ensemble of {count} trainings, each for 1/{count} of the final "
-            f"training: {plan.name} (trial {plan.trial_id}, seeds {train_params.seed}.."
-            f"{train_params.seed + seeds - 1}){others if runners_up else ''}; kept by "
-            "validation accuracy"
+            f"train: an ensemble of {count} trainings, {share}: {plan.name} (trial "
+            f"{plan.trial_id}, seeds {train_params.seed}..{train_params.seed + seeds - 1})"
+            f"{then if others else ''}; kept by validation accuracy"
         )
     members: list[Member] = []
     diverged: list[int] = []
     for number in range(1, count + 1):
-        # Runners-up train last: members that end early (a short plan, early stopping) leave
-        # their time to the next ones, and a runner-up is usually the slower configuration.
-        member_plan = runners_up.pop(0) if count - number < len(runners_up) else plan
-        estimate = (
-            budget.estimate
-            if member_plan is plan
-            else budgets.estimate_epoch(member_plan.best, len(splits.train))
-        )
-        epochs, deadline = _member_share(budget, number, count, len(splits.val), estimate)
+        member_plan, estimate = roster[number - 1]
+        later = [e for _, e in roster[number:]]
+        epochs, deadline = _member_share(budget, number, count, len(splits.val), estimate, later)
+        at_least = (params.budget.min_final_epochs, "budget.min_final_epochs")
         if member_plan is not plan and not _runner_up_fits(
-            member_plan, estimate, epochs, params, budget
+            member_plan, estimate, epochs, at_least, budget
         ):
             member_plan, estimate = plan, budget.estimate
-            epochs, deadline = _member_share(budget, number, count, len(splits.val), estimate)
+            epochs, deadline = _member_share(
+                budget, number, count, len(splits.val), estimate, later
+            )
         if epochs == 0:
             log(f"train: no time left for member {number}/{count}; the ensemble has {len(members)}")
             break
@@ -437,46 +442,93 @@ def _names(runners_up: list[plans.Plan]) -> str:
     return ", ".join(f"{p.name} (trial {p.trial_id})" for p in runners_up)
 
 
-def _runner_up_fits(runner_up: plans.Plan, estimate, epochs: int, params: Params, budget) -> bool:
-    """Whether a runner-up configuration gets enough epochs in its share: with a clock,
-    ``budget.min_final_epochs`` of its own measured epoch time (else a seed of the best
-    trains instead)."""
+def _runner_up_fits(
+    runner_up: plans.Plan, estimate, epochs: int, least: tuple[int, str], budget
+) -> bool:
+    """Whether a runner-up configuration gets enough epochs: with a clock, at least
+    ``least`` (a number and the setting it comes from) of its own measured epoch time; else
+    a seed of the best trains instead."""
     if budget.deadline is None:
         return True
-    if estimate is not None and epochs >= params.budget.min_final_epochs:
+    if estimate is not None and epochs >= least[0]:
         return True
-    log(
-        f"train: the runner-up {_names([runner_up])} would get {epochs} epoch(s) in its "
-        f"share, fewer than budget.min_final_epochs ({params.budget.min_final_epochs}); "
-        "a seed of the best trains instead"
+    why = (
+        "its epoch time was not measured"
+        if estimate is None
+        else f"it would get {epochs} epoch(s), fewer than {least[1]} ({least[0]})"
     )
+    log(f"train: the runner-up {_names([runner_up])}: {why}; a seed of the best trains instead")
     return False
 
 
+def _roster(plan, runners_up, count, budget, params, train_images, val_images) -> list:
+    """Each member's configuration and epoch estimate: seeds of the best, then the
+    runners-up. With a clock, a runner-up stays only if, the time left split so that every
+    member gets the same number of epochs, that number reaches ``train.ensemble_min_epochs``
+    and ``budget.min_final_epochs``: else a seed of the best takes its place, decided
+    before anything trains (the members before it would otherwise leave it time it cannot
+    use, or a slow runner-up would cut every member short)."""
+    least = max(
+        (params.train.ensemble_min_epochs, "train.ensemble_min_epochs"),
+        (params.budget.min_final_epochs, "budget.min_final_epochs"),
+    )
+    best = (plan, budget.estimate)
+    roster = [best] * (count - len(runners_up))
+    roster += [(r, budgets.estimate_epoch(r.best, train_images)) for r in runners_up]
+    for position in range(len(roster)):
+        runner_up, estimate = roster[position]
+        if runner_up is plan or budget.deadline is None:
+            continue
+        estimates = [e for _, e in roster]
+        epochs = 0
+        if estimate is not None and None not in estimates:
+            left = budget.fit_deadline - FINISH_PER_MEMBER_S * (count - 1) - time.time()
+            epochs = min(_equal_epochs(left, estimates, val_images), budget.epochs // count)
+        if not _runner_up_fits(runner_up, estimate, int(epochs), least, budget):
+            roster[position] = best
+    return roster
+
+
+def _equal_epochs(left_s: float, estimates: list, val_images: int) -> float:
+    """Epochs each member gets when ``left_s`` is split so that all get the same number:
+    every member's warm-up and validation pass (about a third of a training pass per
+    image) first, the rest in proportion to each one's epoch time."""
+    fixed = sum(_fixed_seconds(e, val_images) for e in estimates)
+    rate = sum(e.epoch_s for e in estimates)
+    return max(0.0, left_s - fixed) / rate if rate > 0 else 0.0
+
+
+def _fixed_seconds(estimate, val_images: int) -> float:
+    return estimate.warmup_s + estimate.per_sample_s * val_images / 3
+
+
 def _member_share(
-    budget, number: int, count: int, val_images: int, estimate=None
+    budget, number: int, count: int, val_images: int, estimate=None, later=None
 ) -> tuple[int, float | None]:
     """Member ``number`` of ``count``: its planned epochs (0: no time left for it) and when
     its last epoch must end. ``estimate``: its configuration's epoch time (default: the
-    best's, ``budget.estimate``).
+    best's, ``budget.estimate``); ``later``: the members' after it (default: the same).
 
-    Epochs mode: an equal share of the planned epochs. Time mode: an equal share of what
-    is left before the fit deadline, less the combining and saving of the members after
-    the first (``FINISH_PER_MEMBER_S`` each) and one prediction pass over the validation
-    split (about a third of a training pass per image) to score it for the ensemble. A
-    member after the first whose share cannot hold its first epoch is not trained.
+    Epochs mode: an equal share of the planned epochs. Time mode: what is left before the
+    fit deadline, less the combining and saving of the members after the first
+    (``FINISH_PER_MEMBER_S`` each), split so that this member and those after it get the
+    same number of epochs (``_equal_epochs``: a slower runner-up gets more time, not fewer
+    epochs), less one prediction pass over the validation split to score it for the
+    ensemble. A member after the first whose share cannot hold its first epoch is not
+    trained.
     """
     if count == 1:
         return budget.epochs, budget.fit_deadline
     if budget.deadline is None:
         return max(1, budget.epochs // count), None
     now = time.time()
-    finishing = FINISH_PER_MEMBER_S * (count - 1)
-    share = (budget.fit_deadline - finishing - now) / (count - number + 1)
+    left = budget.fit_deadline - FINISH_PER_MEMBER_S * (count - 1) - now
     est = budget.estimate if estimate is None else estimate
-    if est is None:
+    later = [est] * (count - number) if later is None else list(later)
+    if est is None or None in later:
+        share = left / (count - number + 1)
         return (max(1, budget.epochs // count) if share > 0 or number == 1 else 0), now + share
-    share -= est.per_sample_s * val_images / 3
+    share = est.warmup_s + _equal_epochs(left, [est, *later], val_images) * est.epoch_s
     if number > 1 and share < est.warmup_s + est.epoch_s:
         return 0, None
     return budgets.plan_epochs(share, est, max(1, budget.epochs // count)), now + share
