@@ -41,17 +41,18 @@ def test_the_flipped_model_is_the_mean_over_the_image_and_its_mirror(tmp_path):
     assert loaded.input_shape == model.input_shape
 
 
+class Split:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, key):
+        return self.x[key]
+
+
 def test_validation_accuracy_with_and_without_flips_is_counted_in_chunks():
-    class Split:
-        def __init__(self, x, y):
-            self.x, self.y = x, y
-
-        def __len__(self):
-            return len(self.x)
-
-        def __getitem__(self, key):
-            return self.x[key]
-
     model = _model()
     x = np.random.default_rng(1).integers(0, 256, (11, 6, 5, 2)).astype(np.uint8)
     p = model.predict(x.astype(np.float32), verbose=0)
@@ -69,3 +70,29 @@ def test_validation_accuracy_with_and_without_flips_is_counted_in_chunks():
 def test_flips_are_tried_only_where_the_augmentation_mirrors(dataset, expected):
     space = load_search_space(ROOT / "search_spaces" / "cpu.yaml")
     assert flips.mirrors(space.augmentations_for(dataset)) is expected
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_flips_are_tried_only_when_a_kept_member_trained_on_mirrored_images(augment, capsys):
+    """A model that never saw a mirror image loses to its mirror (the val passes are
+    skipped); one that trained with the dataset's flips gets the val check."""
+    from types import SimpleNamespace
+
+    from pipeline.budget import TrainingPlan
+    from pipeline.config import Params
+    from pipeline.training import run
+    from pipeline.training.plan import Plan
+
+    params = Params.model_validate({"data": {"dataset": "fashion_mnist"}})
+    space_file = ROOT / "search_spaces" / "cpu.yaml"
+    kept = [
+        Plan(source="tune", hyperparameters={"augment": False}, space_file=space_file),
+        Plan(source="tune", hyperparameters={"augment": augment}, space_file=space_file),
+    ]
+    model = _model()
+    x = np.random.default_rng(2).integers(0, 256, (9, 6, 5, 2)).astype(np.uint8)
+    splits = SimpleNamespace(val=Split(x, np.zeros(9, dtype=int)))
+    chosen, record = run._choose_flips(model, kept, params, splits, TrainingPlan(epochs=1))
+    assert ("val_accuracy_flips" in record) is augment
+    assert ("no kept member trained on mirrored images" in capsys.readouterr().err) is not augment
+    assert record["test_time_flips"] is flips.has_flips(chosen)
