@@ -194,7 +194,8 @@ class TrainParams(_Section):
     test_time_flips: bool = Field(
         True,
         description="average the final model over each image and its mirror image when that "
-        "raises validation accuracy (datasets whose augmentation flips images)",
+        "raises validation accuracy (datasets whose augmentation flips images; tried only "
+        "when a kept member trained with augment)",
     )
     ensemble_size: int = Field(
         2,
