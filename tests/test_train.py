@@ -453,6 +453,10 @@ def test_the_last_member_trains_the_search_s_next_best_configuration(proj, capsy
     err = capsys.readouterr().err
     assert "then the search's next best configuration(s): " in err
     members = info["ensemble"]["members"]
+    # The last line names what was saved: the kept members' families.
+    families = [m["family"] for m in members if m["kept"]]
+    named = families[0] if len(families) == 1 else f"an ensemble of {len(families)} ("
+    assert f"train: {named}" in err.strip().splitlines()[-1]
     # One runner-up by default (train.ensemble_runners_up), trained last.
     trials = [(m["trial_id"], m["seed"]) for m in members]
     assert trials == [(best["trial_id"], 42), (best["trial_id"], 43), ("runner", 44)]

@@ -200,8 +200,16 @@ def train(
             info["fit_ended_at"],
         )
         _record_budget(record, client, run_id, plan)
+    # The kept members' families: an ensemble's last member can be another configuration.
+    families = [m["family"] for m in info.get("ensemble", {}).get("members", []) if m["kept"]]
+    families = families or [plan.name]
+    what = (
+        families[0]
+        if len(families) == 1
+        else f"an ensemble of {len(families)} ({', '.join(families)})"
+    )
     log(
-        f"train: {plan.name} ({info['params']:,} params) {info['epochs_run']} epoch(s) in "
+        f"train: {what} ({info['params']:,} params) {info['epochs_run']} epoch(s) in "
         f"{info['train_seconds']:.1f}s; best epoch {info['best_epoch']} "
         f"val_accuracy={info['val_accuracy']:.4f}; wrote {paths.MODEL}"
         f"{f', {paths.SAVED_MODEL}/' if export else ''}, {paths.MODEL_INFO} and "
