@@ -57,13 +57,11 @@ def test_each_member_gets_an_equal_share_and_a_late_one_none_without_time(monkey
     from pipeline import budget as budgets
     from pipeline.training import run
 
-    now = 1000.0
-    monkeypatch.setattr(run.time, "time", lambda: now)
     estimate = budgets.EpochEstimate(epoch_s=1.0, warmup_s=0.5, per_sample_s=0.0)
+    now = NOW  # _time_budget's frozen clock
 
     def plan(seconds_left):
-        deadline = now + budgets.FINISH_S + seconds_left
-        return budgets.TrainingPlan(30, deadline, "tune", estimate, seconds_left)
+        return _time_budget(monkeypatch, seconds_left, estimate, epochs=30)[0]
 
     finishing = 2 * run.FINISH_PER_MEMBER_S  # three members: two more to combine and save
     epochs, deadline = run._member_share(plan(finishing + 90), 1, 3, val_images=0)
@@ -77,12 +75,15 @@ def test_each_member_gets_an_equal_share_and_a_late_one_none_without_time(monkey
     assert run._member_share(epochs_mode, 1, 1, val_images=0) == (30, None)
 
 
+NOW = 1000.0
+
+
 def _time_budget(monkeypatch, seconds_left: float, estimate, epochs: int = 90):
     """A time-mode TrainingPlan with ``seconds_left`` for epochs, at a frozen clock."""
     from pipeline import budget as budgets
     from pipeline.training import run
 
-    now = 1000.0
+    now = NOW
     monkeypatch.setattr(run.time, "time", lambda: now)
     deadline = now + budgets.FINISH_S + seconds_left
     return budgets.TrainingPlan(epochs, deadline, "tune", estimate, seconds_left), now
