@@ -129,6 +129,16 @@ def test_tune_subset_is_rows_of_the_file_not_a_copy(processed):
     np.testing.assert_array_equal(cached.train.images(np.arange(40)), _images(103)[rows])
 
 
+def test_a_screening_subset_of_a_subset_reads_the_right_rows_on_disk_or_in_ram(processed):
+    # Hyperband's early rounds train on part of the search's (already subset) split.
+    for cache_bytes in (0, 1 << 20):
+        train = load_splits(processed, max_train_samples=40, seed=2, cache_bytes=cache_bytes).train
+        part = train.subset([3, 7, 30])
+        assert len(part) == 3 and isinstance(part.x, type(train.x))
+        np.testing.assert_array_equal(part.images(np.arange(3)), train.images([3, 7, 30]))
+        np.testing.assert_array_equal(part.y, train.y[[3, 7, 30]])
+
+
 def test_a_processed_folder_of_the_old_format_is_refused_in_one_line(tmp_path):
     old = tmp_path / "processed"
     old.mkdir()

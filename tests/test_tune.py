@@ -3,6 +3,8 @@ and the guards on a saved search. Kill/resume and parallel workers are in
 test_tune_processes.py (slow)."""
 
 import json
+import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -574,3 +576,46 @@ def test_configurations_too_slow_for_the_final_training_are_skipped_not_failed(t
     err = capsys.readouterr().err
     assert err.count("skipped, too slow for the budget") == 3
     assert "1 trial(s) completed, 0 failed, 3 skipped as too slow for the budget" in err
+
+
+def test_hyperband_screens_on_fewer_images_and_promotions_use_them_all(tuned, monkeypatch, capsys):
+    from pipeline.tuning import tuner as tuner_module
+
+    monkeypatch.setattr(tuner_module, "MIN_SCREENING_IMAGES", 100)
+    # max_epochs 3, factor 3: a 1-epoch round on a third of the images, then the best
+    # configuration continues for 3 epochs on all of them.
+    assert tuned.run(algorithm="hyperband", max_trials=4, max_epochs=3, hyperband_factor=3) == 0
+    total = json.loads((tuned.root / "data/processed/meta.json").read_text())["images"]["train"]
+    samples = {}
+    for trial_id, state in saved_trials(tuned.root).items():
+        values = state["hyperparameters"]["values"]
+        metric = state["metrics"]["metrics"]["train_samples"]["observations"][0]["value"]
+        samples[trial_id] = (values["tuner/round"], int(metric[0]))
+    assert {n for r, n in samples.values() if r == 0} == {math.ceil(total / 3)}
+    assert {n for r, n in samples.values() if r == 1} == {total}
+    assert f"({math.ceil(total / 3)} images)" in capsys.readouterr().err
+    # The best trial's epoch time is per image: the final training scales it to its own.
+    best = read_best(tuned.root)
+    assert best["train_samples"] == samples[best["trial_id"]][1]
+
+    # Off: every trial trains on all the images.
+    shutil.rmtree(tuned.root / "models" / "tuner")
+    assert tuned.run(
+        algorithm="hyperband", max_trials=4, max_epochs=3, hyperband_factor=3,
+        screen_on_subsets=False, resume=False,
+    ) == 0  # fmt: skip
+    for state in saved_trials(tuned.root).values():
+        metric = state["metrics"]["metrics"]["train_samples"]["observations"][0]["value"]
+        assert int(metric[0]) == total
+
+
+def test_screening_images_divide_by_the_factor_per_round_left():
+    from pipeline.tuning.tuner import MIN_SCREENING_IMAGES, screening_images
+
+    assert screening_images({}, 3, 20000) == 20000  # random search: all
+    assert screening_images({"tuner/bracket": 0, "tuner/round": 0}, 3, 20000) == 20000
+    assert screening_images({"tuner/bracket": 1, "tuner/round": 0}, 3, 20000) == 6667
+    assert screening_images({"tuner/bracket": 1, "tuner/round": 1}, 3, 20000) == 20000
+    assert screening_images({"tuner/bracket": 3, "tuner/round": 0}, 3, 20000) == 2000
+    assert screening_images({"tuner/bracket": 2, "tuner/round": 0}, 3, 1500) == 1500
+    assert MIN_SCREENING_IMAGES == 2000

@@ -46,6 +46,14 @@ class Split:
             return self.images(np.arange(len(self))[key])
         return self.images([key])[0]
 
+    def subset(self, positions) -> "Split":
+        """The images at ``positions`` (0..len-1) of this split, as a split of its own."""
+        positions = np.asarray(positions, dtype=np.int64)
+        rows = positions if self.rows is None else self.rows[positions]
+        part = Split(self.name, self.x, np.empty(0, dtype=self.y.dtype))
+        part.rows, part.y = rows, self.y[positions]
+        return part
+
     def cached(self, limit: int = CACHE_BYTES) -> "Split":
         """This split with its images in RAM when they fit ``limit`` bytes, else itself."""
         if not isinstance(self.x, store.Rows) or len(self) * self.x.row_bytes > limit:

@@ -294,6 +294,7 @@ def build_tuner(session: Session, splits, worker: bool = False):
             after_trial=None if worker else session.save_state,
             dtype_policy=policy,
             cost_probe=cost_probe,
+            screening=_screening(tune, splits),
             directory=str(paths.TUNER_DIR),
             project_name=paths.TUNER_PROJECT,
             executions_per_trial=tune.executions_per_trial,
@@ -304,6 +305,18 @@ def build_tuner(session: Session, splits, worker: bool = False):
         # only when this file exists, so a kill during trial 1 must find it.
         tuner.save()
     return tuner
+
+
+def _screening(tune, splits) -> dict | None:
+    """The tuner's ``screening`` argument: Hyperband's early rounds on fewer images."""
+    if tune.algorithm != "hyperband" or not tune.screen_on_subsets:
+        return None
+    return {
+        "split": splits.train,
+        "batch_size": tune.batch_size,
+        "seed": tune.seed,
+        "factor": tune.hyperband_factor,
+    }
 
 
 def _training_images(splits) -> int:

@@ -74,6 +74,9 @@ class PipelineTunerMixin(TunerCompat):
         cost_probe: ``CostProbe``'s arguments (batch_size, final_samples, final_seconds,
             min_epochs): trials too slow for the final training's share are skipped; None:
             none are.
+        screening: Hyperband's early rounds on fewer images (``tune.screen_on_subsets``):
+            ``{"split", "batch_size", "seed", "factor"}``, the search's training split and
+            how ``fit_inputs`` batches it; None: every trial trains on all of them.
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class PipelineTunerMixin(TunerCompat):
         after_trial=None,
         dtype_policy: str = "float32",
         cost_probe: dict | None = None,
+        screening: dict | None = None,
         **kwargs,
     ):
         self.mlflow = mlflow_client
@@ -105,6 +109,8 @@ class PipelineTunerMixin(TunerCompat):
         self.after_trial = after_trial
         self.dtype_policy = dtype_policy
         self.cost_probe = cost_probe
+        self.screening = screening
+        self._samples = train_samples
         self.current_run_id: str | None = None
         self._trial_start = 0.0
         self._params_count: int | None = None
@@ -178,6 +184,19 @@ class PipelineTunerMixin(TunerCompat):
         return bool(best) and best[0].status == TrialStatus.COMPLETED and best[0].score is not None
 
     def run_trial(self, trial, *args, **kwargs):
+        self._samples = self.train_samples
+        subset = self._screening_subset(trial)
+        if subset is not None:
+            from pipeline.data.loader import batches
+
+            kwargs["x"] = batches(
+                subset,
+                self.screening["batch_size"],
+                shuffle=True,
+                seed=self.screening["seed"],
+                epoch=trial.hyperparameters.values.get("tuner/initial_epoch", 0),
+            )
+            self._samples = len(subset)
         histories = super().run_trial(trial, *args, **kwargs)
         scores, epochs = [], 0
         for history in histories:
@@ -199,9 +218,21 @@ class PipelineTunerMixin(TunerCompat):
                 [s.epoch_times for s in self._deadline_stops],
                 [s.steady_times for s in self._deadline_stops],
             ),
-            "train_samples": float(self.train_samples),
+            "train_samples": float(self._samples),
         }
         return dict(self._result)
+
+    def _screening_subset(self, trial):
+        """The images a Hyperband trial's early round trains on, or None for all of them."""
+        if self.screening is None:
+            return None
+        split = self.screening["split"]
+        count = screening_images(trial.hyperparameters.values, self.screening["factor"], len(split))
+        if count >= len(split):
+            return None
+        # The same images for every trial of a round: their scores compare like for like.
+        order = np.random.default_rng(self.screening["seed"]).permutation(len(split))
+        return split.subset(np.sort(order[:count]))
 
     def on_trial_end(self, trial):
         seconds = time.monotonic() - self._trial_start
@@ -264,6 +295,8 @@ class PipelineTunerMixin(TunerCompat):
         )
         if status == TrialStatus.COMPLETED and self._result is not None:
             outcome = f"val_accuracy={self._result['val_accuracy']:.4f}"
+            if self._samples < self.train_samples:
+                outcome += f" ({self._samples} images)"
         elif was_skipped(trial):
             outcome = "skipped, " + last_line(trial.message).split(": ", 1)[-1]
         else:
@@ -275,6 +308,22 @@ class PipelineTunerMixin(TunerCompat):
         if self.deadline is not None:
             line += f"  budget left {_duration(max(0.0, self.deadline - time.time()))}"
         log(line)
+
+
+MIN_SCREENING_IMAGES = 2000  # below this, a round's ranking is mostly noise
+
+
+def screening_images(values: dict, factor: int, total: int) -> int:
+    """Images a Hyperband trial trains on: ``total`` divided by ``factor`` once per round
+    still to come in its bracket (its last round, and any other algorithm's trials: all),
+    at least ``MIN_SCREENING_IMAGES``. A promotion continues its parent's weights on more
+    images, as it does for more epochs."""
+    if "tuner/bracket" not in values or "tuner/round" not in values:
+        return total
+    rounds_left = int(values["tuner/bracket"]) - int(values["tuner/round"])
+    if rounds_left <= 0:
+        return total
+    return min(total, max(MIN_SCREENING_IMAGES, math.ceil(total / factor**rounds_left)))
 
 
 def epoch_timing(executions: list[list[float]], steady: list[list[float]] | None = None):
