@@ -216,6 +216,7 @@ class TrainingPlan:
     clock: str | None = None  # "tune" (the run's clock) or "own share"
     estimate: EpochEstimate | None = None
     left_s: float | None = None  # seconds left for epochs when planned
+    most_epochs: int | None = None  # time mode: train.epochs, the most any one training runs
 
     @property
     def fit_deadline(self) -> float | None:
@@ -242,7 +243,7 @@ def plan_training(
     estimate = estimate_epoch(best, train_samples)
     left = deadline - FINISH_S - now
     epochs = plan_epochs(left, estimate, max_epochs)
-    return TrainingPlan(epochs, deadline, clock, estimate, left)
+    return TrainingPlan(epochs, deadline, clock, estimate, left, max_epochs)
 
 
 def run_record(

@@ -107,6 +107,25 @@ def test_a_slower_member_gets_more_time_so_that_every_member_gets_the_same_epoch
     )
 
 
+def test_a_faster_runner_up_beside_a_slow_best_is_not_held_to_the_best_alone_plan(monkeypatch):
+    # The best configuration alone would plan 27 epochs at 3 s in these 81 s: the members'
+    # time split, not 27 // 2, sets their epochs (up to train.epochs).
+    from dataclasses import replace
+
+    from pipeline import budget as budgets
+    from pipeline.training import run
+
+    slow = budgets.EpochEstimate(epoch_s=3.0, warmup_s=0.5, per_sample_s=0.0)
+    fast = budgets.EpochEstimate(epoch_s=1.0, warmup_s=0.5, per_sample_s=0.0)
+    budget, now = _time_budget(monkeypatch, run.FINISH_PER_MEMBER_S + 81.0, slow, epochs=27)
+    budget = replace(budget, most_epochs=100)
+    assert run._member_share(budget, 1, 2, val_images=0, later=[fast]) == (20, now + 60.5)
+    assert (
+        run._member_share(replace(budget, most_epochs=15), 1, 2, val_images=0, later=[fast])[0]
+        == 15
+    )  # train.epochs still caps each member
+
+
 def _plan_with_runner_up(epoch_seconds: float):
     from pipeline.training.plan import Plan
 
