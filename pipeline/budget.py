@@ -128,15 +128,19 @@ class EpochEstimate:
 def estimate_epoch(best: dict | None, train_samples: int) -> EpochEstimate | None:
     """Scale the best trial's measured epoch time to ``train_samples`` training images.
 
-    The search trains on ``tune.max_train_samples`` images; an epoch's time grows with
-    the images in it. The first epoch's extra (tracing, compiling) does not, and is
-    added once. None when the search did not measure it (a preset, an older search).
+    The search trains on ``tune.max_train_samples`` images (a Hyperband screening round
+    on fewer); the training part of an epoch grows with the images in it. Its validation
+    pass (``val_seconds``, where the search timed it) is the same validation split in the
+    final training, and the first epoch's extra (tracing, compiling) is added once. None
+    when the search did not measure it (a preset, an older search).
     """
     if not best or not best.get("epoch_seconds") or not best.get("train_samples"):
         return None
-    per_sample = float(best["epoch_seconds"]) / int(best["train_samples"])
-    warmup = max(0.0, float(best.get("first_epoch_seconds") or 0.0) - best["epoch_seconds"])
-    return EpochEstimate(per_sample * train_samples, warmup, per_sample)
+    epoch_s = float(best["epoch_seconds"])
+    val_s = min(epoch_s, float(best.get("val_seconds") or 0.0))
+    per_sample = (epoch_s - val_s) / int(best["train_samples"])
+    warmup = max(0.0, float(best.get("first_epoch_seconds") or 0.0) - epoch_s)
+    return EpochEstimate(per_sample * train_samples + val_s, warmup, per_sample)
 
 
 def plan_epochs(left_s: float, estimate: EpochEstimate | None, max_epochs: int) -> int:

@@ -58,6 +58,7 @@ class DeadlineStop(keras.callbacks.Callback):
         self.deadline = deadline
         self.epoch_times: list[float] = []
         self.steady_times: list[float] = []
+        self.val_times: list[float] = []  # each epoch's validation pass, at its median batch
         self.fired = False
         self._start = self._last = 0.0
         self._train: list[float] = []
@@ -82,6 +83,7 @@ class DeadlineStop(keras.callbacks.Callback):
         timed = sum(self._train) + sum(self._test)
         train, test = self._train, self._test
         steady = upper_median(train) * len(train) + upper_median(test) * len(test)
+        self.val_times.append(upper_median(test) * len(test))
         # What the batches do not cover (callbacks, the loader's start) counts as it came.
         self.steady_times.append(min(took, steady + max(0.0, took - timed)))
         if self.deadline is None or epoch + 1 >= (self.params or {}).get("epochs", math.inf):

@@ -126,7 +126,7 @@ class TuneParams(_Section):
         3, ge=2, description="hyperband: keeps 1/factor of the trials per round"
     )
     screen_on_subsets: bool = Field(
-        True,
+        False,
         description="hyperband: a trial's early rounds also train on fewer images, 1/factor "
         "of them per round still to come (successive halving over data size as well as "
         "epochs; at least 2000 images); its promotions continue on all of them",

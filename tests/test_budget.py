@@ -37,6 +37,15 @@ def test_the_epoch_estimate_scales_with_the_training_images_and_adds_the_warmup_
     assert budgets.estimate_epoch({"epoch_seconds": None}, 4000) is None
 
 
+def test_the_validation_pass_is_not_scaled_with_the_training_images():
+    # A screening round on 1000 images: half its 2 s epoch was the validation pass, which
+    # the final training's epoch on 4000 images has once, not four times.
+    best = {"epoch_seconds": 2.0, "val_seconds": 1.0, "train_samples": 1000}
+    estimate = budgets.estimate_epoch(best, 4000)
+    assert estimate.epoch_s == pytest.approx(4.0 + 1.0)
+    assert estimate.per_sample_s == pytest.approx(0.001)
+
+
 @pytest.mark.parametrize(
     ("left", "expected"), [(83.0, 10), (11.0, 1), (-5.0, 1), (1000.0, 20), (82.9, 9)]
 )
@@ -95,6 +104,7 @@ def test_an_epoch_is_timed_without_the_batches_that_stalled_to_compile():
     (took,), (steady,) = stop.epoch_times, stop.steady_times
     assert took >= 0.36
     assert 0.06 <= steady < 0.2  # seven batches at ~10 ms
+    assert 0.015 <= stop.val_times[0] < 0.1  # two validation batches at ~10 ms
 
     # A trial's steady epoch: the lower of its later epochs and its median-batch epochs.
     assert epoch_timing([[10.7, 6.2]], [[0.6, 0.6]]) == {
@@ -102,6 +112,7 @@ def test_an_epoch_is_timed_without_the_batches_that_stalled_to_compile():
         "epoch_seconds": 0.6,
     }
     assert epoch_timing([[10.7, 6.2]])["epoch_seconds"] == 6.2
+    assert epoch_timing([[10.7, 6.2]], None, [[1.5, 1.1]])["val_seconds"] == pytest.approx(1.3)
 
 
 def test_the_cosine_schedule_shortens_to_the_epochs_that_still_fit(monkeypatch):

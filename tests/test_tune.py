@@ -584,7 +584,12 @@ def test_hyperband_screens_on_fewer_images_and_promotions_use_them_all(tuned, mo
     monkeypatch.setattr(tuner_module, "MIN_SCREENING_IMAGES", 100)
     # max_epochs 3, factor 3: a 1-epoch round on a third of the images, then the best
     # configuration continues for 3 epochs on all of them.
-    assert tuned.run(algorithm="hyperband", max_trials=4, max_epochs=3, hyperband_factor=3) == 0
+    assert (
+        tuned.run(
+            algorithm="hyperband", max_trials=4, max_epochs=3, hyperband_factor=3,
+            screen_on_subsets=True,
+        ) == 0
+    )  # fmt: skip
     total = json.loads((tuned.root / "data/processed/meta.json").read_text())["images"]["train"]
     samples = {}
     for trial_id, state in saved_trials(tuned.root).items():
@@ -597,6 +602,7 @@ def test_hyperband_screens_on_fewer_images_and_promotions_use_them_all(tuned, mo
     # The best trial's epoch time is per image: the final training scales it to its own.
     best = read_best(tuned.root)
     assert best["train_samples"] == samples[best["trial_id"]][1]
+    assert 0 < best["val_seconds"] <= best["epoch_seconds"]
 
     # Off: every trial trains on all the images.
     shutil.rmtree(tuned.root / "models" / "tuner")

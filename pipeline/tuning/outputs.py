@@ -146,7 +146,7 @@ def _trial_record(trial, run_ids: dict[str, str]) -> dict:
         "val_accuracy": trial.score,
         "epochs": None if epochs is None else int(epochs),
         "params": None if params is None else int(params),
-        **{k: _metric(trial, k) for k in EPOCH_TIMES},
+        **{k: _metric(trial, k) for k in (*EPOCH_TIMES, "val_seconds")},
         "train_samples": int(samples) if samples else None,
         "hyperparameters": trial_params(values),
         "mlflow_run_id": run_ids.get(trial.trial_id),

@@ -217,6 +217,7 @@ class PipelineTunerMixin(TunerCompat):
             **epoch_timing(
                 [s.epoch_times for s in self._deadline_stops],
                 [s.steady_times for s in self._deadline_stops],
+                [s.val_times for s in self._deadline_stops],
             ),
             "train_samples": float(self._samples),
         }
@@ -326,13 +327,19 @@ def screening_images(values: dict, factor: int, total: int) -> int:
     return min(total, max(MIN_SCREENING_IMAGES, math.ceil(total / factor**rounds_left)))
 
 
-def epoch_timing(executions: list[list[float]], steady: list[list[float]] | None = None):
-    """A trial's ``first_epoch_seconds`` and steady ``epoch_seconds`` (means over executions).
+def epoch_timing(
+    executions: list[list[float]],
+    steady: list[list[float]] | None = None,
+    val: list[list[float]] | None = None,
+):
+    """A trial's ``first_epoch_seconds`` and steady ``epoch_seconds`` (means over executions),
+    and ``val_seconds``, the part of an epoch its validation pass took.
 
     The first epoch of each execution also traces and compiles the model; the steady time
     is the mean of the later ones (the first's when it was the only one), or, when lower,
     the mean of every epoch timed at its median batches (``DeadlineStop.steady_times``):
-    a trial of one or two epochs on a GPU is mostly compiling.
+    a trial of one or two epochs on a GPU is mostly compiling. The validation pass does not
+    grow with the training images: the final training's estimate scales only the rest.
     """
     firsts = [times[0] for times in executions if times]
     later = [t for times in executions for t in times[1:]]
@@ -343,7 +350,11 @@ def epoch_timing(executions: list[list[float]], steady: list[list[float]] | None
     at_median = [t for times in steady or [] for t in times]
     if at_median:
         epoch_s = min(epoch_s, float(np.mean(at_median)))
-    return {"first_epoch_seconds": first, "epoch_seconds": epoch_s}
+    timing = {"first_epoch_seconds": first, "epoch_seconds": epoch_s}
+    passes = [t for times in val or [] for t in times]
+    if passes:
+        timing["val_seconds"] = min(epoch_s, float(np.mean(passes)))
+    return timing
 
 
 def _trial_number(trial_id) -> int:
