@@ -220,7 +220,7 @@ class TrainingPlan:
     clock: str | None = None  # "tune" (the run's clock) or "own share"
     estimate: EpochEstimate | None = None
     left_s: float | None = None  # seconds left for epochs when planned
-    most_epochs: int | None = None  # time mode: train.epochs, the most any one training runs
+    most_epochs: int | None = None  # time mode: train.epochs, the most the members run in all
 
     @property
     def fit_deadline(self) -> float | None:

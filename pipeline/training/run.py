@@ -544,10 +544,11 @@ def _member_share(
 
 def _most_epochs(budget, count: int) -> int:
     """The most epochs one member may plan, with a clock and every epoch time known: the
-    time split decides, up to ``train.epochs``. Not the best configuration's planned
-    epochs over ``count``: when a faster runner-up joins a slow best, those would cap
-    both members at the slow one's share and leave the rest of the budget unused."""
-    return max(1, budget.most_epochs or budget.epochs // count)
+    time split decides, up to its share of ``train.epochs``. Not of the best
+    configuration's own planned epochs: when a faster runner-up joins a slow best, those
+    would cap both members at the slow one's share and leave the rest of the budget
+    unused."""
+    return max(1, (budget.most_epochs or budget.epochs) // count)
 
 
 def _member_backup_folder(number: int) -> Path:
