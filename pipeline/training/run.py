@@ -491,7 +491,9 @@ def _roster(plan, runners_up, count, budget, params, train_images, val_images) -
         epochs = 0
         if estimate is not None and None not in estimates:
             left = budget.fit_deadline - FINISH_PER_MEMBER_S * (count - 1) - time.time()
-            epochs = min(_equal_epochs(left, estimates, val_images), _most_epochs(budget, count))
+            epochs = min(
+                _equal_epochs(left, estimates, val_images), _most_epochs(budget, count, estimates)
+            )
         if not _runner_up_fits(runner_up, estimate, int(epochs), least, budget):
             roster[position] = best
     return roster
@@ -539,16 +541,21 @@ def _member_share(
     share = est.warmup_s + _equal_epochs(left, [est, *later], val_images) * est.epoch_s
     if number > 1 and share < est.warmup_s + est.epoch_s:
         return 0, None
-    return budgets.plan_epochs(share, est, _most_epochs(budget, count)), now + share
+    most = _most_epochs(budget, count, [est, *later])
+    return budgets.plan_epochs(share, est, most), now + share
 
 
-def _most_epochs(budget, count: int) -> int:
-    """The most epochs one member may plan, with a clock and every epoch time known: the
-    time split decides, up to its share of ``train.epochs``. Not of the best
-    configuration's own planned epochs: when a faster runner-up joins a slow best, those
-    would cap both members at the slow one's share and leave the rest of the budget
-    unused."""
-    return max(1, (budget.most_epochs or budget.epochs) // count)
+def _most_epochs(budget, count: int, estimates: list) -> int:
+    """The most epochs one member may plan, with a clock and every epoch time known.
+
+    Seeds of the best configuration only: its share of the epochs planned for the final
+    training (``budget.epochs``). With a runner-up (another epoch time) the time split
+    decides, up to its share of ``train.epochs``: the best configuration's own plan
+    would hold a fast runner-up beside a slow best to the slow one's share and leave the
+    rest of the budget unused."""
+    if budget.most_epochs is None or all(e == budget.estimate for e in estimates):
+        return max(1, budget.epochs // count)
+    return max(1, budget.most_epochs // count)
 
 
 def _member_backup_folder(number: int) -> Path:
