@@ -304,6 +304,7 @@ def ours_read_worker(workdir: Path) -> dict:
         "test_accuracy": float(metrics["accuracy"]),
         "final_epochs": int(info["epochs_run"]),
         "final_trained": True,
+        "fit_on_val": bool(info.get("fit_on_val")),
         "images": [len(splits.train), len(splits.val), len(y_test)],
         "data_sha256": data_digest(x_train, splits.train.y, x_val, splits.val.y, x_test, y_test),
         "epochs": epochs,
@@ -360,6 +361,12 @@ def report(results: dict) -> None:
     for r in runs:
         if r["status"] != "ran":
             print(f"  {r['side']:<13}{r['status']}")
+    if any(r.get("fit_on_val") for r in ran):
+        print(
+            "  note      ours' final training trains on val too (train.fit_on_val): its best_val"
+            " and its final epochs' val_accuracy (to_target_s) are on trained images; test_acc"
+            " is not"
+        )
 
 
 def number(value, width: int, digits: int) -> str:

@@ -232,6 +232,13 @@ class TrainParams(_Section):
         description="a runner-up configuration is trained only if its search val_accuracy "
         "is at most this far below the best's (compared at the same trial epochs)",
     )
+    fit_on_val: bool = Field(
+        False,
+        description="the final training also trains on the validation images (the search "
+        "chose on them; AutoKeras' final fit does the same): more images, but val no longer "
+        "chooses anything: no early stopping, every ensemble member kept, no test-time "
+        "flips; its val_accuracy is then on images it trained on (the test split stays unseen)",
+    )
 
 
 class BudgetParams(_Section):

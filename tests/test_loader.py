@@ -139,6 +139,28 @@ def test_a_screening_subset_of_a_subset_reads_the_right_rows_on_disk_or_in_ram(p
         np.testing.assert_array_equal(part.y, train.y[[3, 7, 30]])
 
 
+def test_val_added_to_train_reads_both_files_in_order_on_disk_or_in_ram(processed):
+    # train.fit_on_val: the final training's images are the (subset) train split's, then val's.
+    val = _images(20, 1)
+    rows = load_splits(processed, max_train_samples=40, seed=2, cache_bytes=0).train.rows
+    for cache_bytes in (0, 1 << 20):
+        splits = load_splits(processed, max_train_samples=40, seed=2, cache_bytes=cache_bytes)
+        both = splits.val_in_train(cache_bytes=cache_bytes)
+        assert len(both.train) == 60 and both.val is splits.val
+        on_disk = cache_bytes == 0
+        assert isinstance(both.train.x, np.ndarray) is not on_disk  # on disk: read by rows
+        want = np.concatenate([_images(103)[rows], val])
+        np.testing.assert_array_equal(both.train.images(np.arange(60)), want)
+        np.testing.assert_array_equal(both.train.images([59, 0, 41, 39]), want[[59, 0, 41, 39]])
+        np.testing.assert_array_equal(both.train.y, np.concatenate([splits.train.y, np.zeros(20)]))
+        # The loader's shuffled batches cover every image of both, once an epoch.
+        from pipeline.data.loader import Batches
+
+        batches = Batches(both.train, 16, shuffle=True)
+        seen = np.concatenate([batches[i][0][:, 0, 0, 0] for i in range(len(batches))])
+        assert sorted(seen.tolist()) == sorted(want[:, 0, 0, 0].tolist())
+
+
 def test_a_processed_folder_of_the_old_format_is_refused_in_one_line(tmp_path):
     old = tmp_path / "processed"
     old.mkdir()

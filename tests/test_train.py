@@ -422,6 +422,29 @@ def test_an_ensemble_trains_each_member_and_saves_their_average(proj, capsys):
     assert steps(client, run) == [0, 1, 2, 3]
 
 
+def test_fit_on_val_trains_on_train_and_val_and_val_chooses_nothing(proj, capsys):
+    # Early stopping at 1 epoch of patience would stop on val; with fit_on_val it is off.
+    info = proj.run(
+        epochs=4, ensemble_size=2, ensemble_min_epochs=2, fit_on_val=True,
+        early_stopping_patience=1,
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    from pipeline.data.splits import load_splits
+
+    splits = load_splits()
+    both = len(splits.train) + len(splits.val)
+    assert info["fit_on_val"] is True and info["train_images"] == both
+    assert "training on the training and validation images together" in err
+    assert f"on {both} training / {len(splits.val)} validation images" in err
+    assert "all kept (train.fit_on_val)" in err
+    members = info["ensemble"]["members"]
+    assert [m["epochs_run"] for m in members] == [2, 2] and all(m["kept"] for m in members)
+    assert "stopped early" not in err
+    # Off (the default): train alone, as before.
+    info = proj.run(epochs=2)
+    assert info["fit_on_val"] is False and info["train_images"] == len(splits.train)
+
+
 EPOCHS = {"mode": "epochs"}
 
 

@@ -21,7 +21,7 @@ class Split:
 
     def __init__(self, name: str, x, labels: np.ndarray, rows: np.ndarray | None = None):
         self.name = name
-        self.x = x  # store.Rows, or an in-memory uint8 array
+        self.x = x  # store.Rows, Joined, or an in-memory uint8 array
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
         self.y = labels if self.rows is None else labels[self.rows]
 
@@ -36,9 +36,9 @@ class Split:
         """uint8 images at ``positions`` (0..len-1) of this split."""
         positions = np.asarray(positions, dtype=np.int64)
         rows = positions if self.rows is None else self.rows[positions]
-        if isinstance(self.x, store.Rows):
-            return self.x.take(rows)
-        return self.x[rows]
+        if isinstance(self.x, np.ndarray):
+            return self.x[rows]
+        return self.x.take(rows)
 
     def __getitem__(self, key) -> np.ndarray:
         """One image (``split[i]``) or several (``split[:2]``), as uint8."""
@@ -56,11 +56,43 @@ class Split:
 
     def cached(self, limit: int = CACHE_BYTES) -> "Split":
         """This split with its images in RAM when they fit ``limit`` bytes, else itself."""
-        if not isinstance(self.x, store.Rows) or len(self) * self.x.row_bytes > limit:
+        if isinstance(self.x, np.ndarray) or len(self) * self.x.row_bytes > limit:
             return self
         if self.rows is None:
             return Split(self.name, self.x.read_all(), self.y)
         return Split(self.name, self.x.take(self.rows), self.y)
+
+
+class Joined:
+    """Splits' images as one store, read by rows like ``store.Rows``: rows 0..len(a)-1
+    are the first split's, the next ones the second's. Nothing is copied until read."""
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, *parts: Split):
+        self.parts = parts
+        self.starts = np.cumsum([0, *(len(part) for part in parts)])
+        self.shape = (int(self.starts[-1]), *parts[0].x.shape[1:])
+        self.row_bytes = int(np.prod(self.shape[1:]))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def take(self, rows) -> np.ndarray:
+        """The images at row numbers ``rows`` (any order, repeats allowed)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows outside 0..{len(self) - 1} of the joined splits")
+        out = np.empty((len(rows), *self.shape[1:]), dtype=np.uint8)
+        part_of = np.searchsorted(self.starts, rows, side="right") - 1
+        for number, part in enumerate(self.parts):
+            at = np.flatnonzero(part_of == number)
+            if len(at):
+                out[at] = part.images(rows[at] - self.starts[number])
+        return out
+
+    def read_all(self) -> np.ndarray:
+        return self.take(np.arange(len(self)))
 
 
 class Splits:
@@ -68,6 +100,13 @@ class Splits:
 
     def __init__(self, train: Split, val: Split, meta: dict):
         self.train, self.val, self.meta = train, val, meta
+
+    def val_in_train(self, cache_bytes: int = CACHE_BYTES) -> "Splits":
+        """These splits with the validation images added to the training ones (after them;
+        in RAM when the two fit ``cache_bytes``, else read from disk batch by batch)."""
+        labels = np.concatenate([self.train.y, self.val.y])
+        both = Split("train", Joined(self.train, self.val), labels).cached(cache_bytes)
+        return Splits(both, self.val, self.meta)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -137,6 +137,13 @@ def train(
     fingerprint = plans.fingerprint(plan, params, data["data.sha256"], meta)
 
     splits = load_splits()
+    if params.train.fit_on_val:
+        log(
+            f"train: training on the training and validation images together "
+            f"({len(splits.train)} + {len(splits.val)}, train.fit_on_val): the val_accuracy "
+            "below is on images the model trains on; evaluate's test split is the estimate"
+        )
+        splits = splits.val_in_train()
     uri = tracking.tracking_uri(params.mlflow.tracking_uri)
     experiment = tracking.experiment_name(params)
     client, exp_id = tracking.open_experiment(uri, experiment)
@@ -323,7 +330,12 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
         log(
             f"train: an ensemble of {count} trainings, {share}: {plan.name} (trial "
             f"{plan.trial_id}, seeds {train_params.seed}..{train_params.seed + seeds - 1})"
-            f"{then if others else ''}; kept by validation accuracy"
+            f"{then if others else ''}; "
+            + (
+                "all kept (train.fit_on_val)"
+                if train_params.fit_on_val
+                else "kept by validation accuracy"
+            )
         )
     members: list[Member] = []
     diverged: list[int] = []
@@ -365,9 +377,12 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
         )
     fit_ended_at = time.time()
     if count > 1:
-        kept_at, val_accuracy = ensemble.choose(
-            [m.val_probabilities for m in members], np.asarray(splits.val.y)
-        )
+        probabilities = [m.val_probabilities for m in members]
+        if train_params.fit_on_val:  # val was trained on: it cannot choose members
+            kept_at = list(range(len(members)))
+            val_accuracy = ensemble.accuracy(np.mean(probabilities, axis=0), splits.val.y)
+        else:
+            kept_at, val_accuracy = ensemble.choose(probabilities, np.asarray(splits.val.y))
         kept = [members[i] for i in kept_at]
         log(
             "train: ensemble: members' val_accuracy "
@@ -420,6 +435,8 @@ def _train(plan, meta, params, splits, fingerprint, client, run_id, callbacks, e
         "tune_trial_id": plan.trial_id,
         "stopped_by_deadline": any(m.stopped_by_deadline for m in members),
         "fit_ended_at": round(fit_ended_at, 3),
+        "train_images": len(splits.train),
+        "fit_on_val": train_params.fit_on_val,
         **flips,
     }
     if count > 1:
@@ -638,7 +655,8 @@ def _train_member(
         metrics = {k: row[k] for k in HISTORY_COLUMNS[1:] if math.isfinite(row[k])}
         step = previous + int(row["epoch"]) - 1
         tracking.log_metrics(client, run_id, metrics, step=step)
-    patience = train_params.early_stopping_patience
+    # Val is among the training images with fit_on_val: its accuracy cannot tell when to stop.
+    patience = None if train_params.fit_on_val else train_params.early_stopping_patience
     deadline = DeadlineStop(deadline_at)
     schedule = []
     if timed:
@@ -723,6 +741,9 @@ def _choose_flips(model, kept: list[plans.Plan], params: Params, splits, budget)
         return model, {"test_time_flips": False}
     if not any((p.hyperparameters or {}).get("augment") for p in kept):
         log("train: test-time flips not tried: no kept member trained on mirrored images")
+        return model, {"test_time_flips": False}
+    if params.train.fit_on_val:
+        log("train: test-time flips not tried: val was trained on, so it cannot choose them")
         return model, {"test_time_flips": False}
     est = budget.estimate
     if budget.deadline is not None and est is not None:
