@@ -237,7 +237,8 @@ class TrainParams(_Section):
         description="the final training also trains on the validation images (the search "
         "chose on them; AutoKeras' final fit does the same): more images, but val no longer "
         "chooses anything: no early stopping, every ensemble member kept, no test-time "
-        "flips; its val_accuracy is then on images it trained on (the test split stays unseen)",
+        "flips; its val_accuracy is then on images it trained on (the test split stays unseen); "
+        "presets (baselines) train on the training split alone",
     )
 
 

@@ -96,3 +96,10 @@ def test_flips_are_tried_only_when_a_kept_member_trained_on_mirrored_images(augm
     assert ("val_accuracy_flips" in record) is augment
     assert ("no kept member trained on mirrored images" in capsys.readouterr().err) is not augment
     assert record["test_time_flips"] is flips.has_flips(chosen)
+    # Trained on val too (train.fit_on_val): val cannot choose, so flips are not tried.
+    params = Params.model_validate(
+        {"data": {"dataset": "fashion_mnist"}, "train": {"fit_on_val": True}}
+    )
+    chosen, record = run._choose_flips(model, kept, params, splits, TrainingPlan(epochs=1))
+    assert record == {"test_time_flips": False} and not flips.has_flips(chosen)
+    assert ("val was trained on" in capsys.readouterr().err) is augment

@@ -245,9 +245,14 @@ def test_a_backup_of_other_settings_is_discarded(proj, capsys):
 
 
 def test_a_preset_trains_as_a_baseline(proj):
-    # One model, as a baseline is, whatever the ensemble settings.
-    info = proj.run(preset="seed_cnn", epochs=2, ensemble_size=2, ensemble_min_epochs=1)
+    # One model on the training split, as a baseline is, whatever the ensemble settings.
+    info = proj.run(
+        preset="seed_cnn", epochs=2, ensemble_size=2, ensemble_min_epochs=1, fit_on_val=True
+    )
     assert "ensemble" not in info and info["epochs_run"] == 2
+    from pipeline.data.splits import load_split
+
+    assert info["fit_on_val"] is False and info["train_images"] == len(load_split("train"))
     assert info["source"] == "preset" and info["preset"] == "seed_cnn"
     assert info["family"] is None and info["hyperparameters"] is None
     model = keras.models.load_model(paths.MODEL, compile=False, safe_mode=True)
@@ -255,6 +260,7 @@ def test_a_preset_trains_as_a_baseline(proj):
     (run,) = train_runs(mlflow_client(proj.path))
     assert run.info.run_name == "train-seed_cnn" and run.info.status == "FINISHED"
     assert run.data.params["train.preset"] == "seed_cnn"
+    assert run.data.params["train.fit_on_val"] == "False"
 
 
 def test_preset_errors_are_one_line(proj):

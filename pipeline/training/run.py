@@ -130,6 +130,10 @@ def train(
     started_at = time.time() if started_at is None else started_at
     started = time.monotonic()
     plan = plans.load_plan(params)
+    if plan.source == "preset" and params.train.fit_on_val:
+        # A preset is a baseline, trained as by hand: on the training split, val choosing.
+        train_params = params.train.model_copy(update={"fit_on_val": False})
+        params = params.model_copy(update={"train": train_params})
     meta = load_meta()
     data = tracking.data_tags(paths.PROCESSED / paths.META_FILE)
     for warning in plans.check_data(plan, meta, params, data["data.sha256"]):
