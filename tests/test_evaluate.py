@@ -333,3 +333,11 @@ def test_dvc_metrics_and_plots_show_the_evaluate_outputs(project, built):
     index = (root / "dvc_plots" / "index.html").read_text()
     assert "Confusion matrix (test)" in index and "Accuracy per epoch" in index
     assert len(list((root / "dvc_plots" / "static").glob("*.png"))) == 3
+
+
+def test_the_report_says_when_the_validation_accuracy_is_on_trained_images():
+    from pipeline.reports.html import _model_section
+
+    info = {"source": "tune", "family": "simple_cnn", "val_accuracy": 0.99, "input_shape": [8]}
+    assert "on images it trained on" in _model_section({**info, "fit_on_val": True})
+    assert "on images it trained on" not in _model_section(info)

@@ -77,7 +77,12 @@ def _model_section(info: dict) -> str:
         ["parameters", _fmt(info.get("params"))],
         ["training time", _minutes(info.get("train_seconds"))],
         ["epochs run (best epoch)", f"{info.get('epochs_run')} ({info.get('best_epoch')})"],
-        ["validation accuracy", _fmt(info.get("val_accuracy"))],
+        [
+            "validation accuracy (on images it trained on: train.fit_on_val)"
+            if info.get("fit_on_val")
+            else "validation accuracy",
+            _fmt(info.get("val_accuracy")),
+        ],
         ["input shape", "x".join(str(d) for d in info.get("input_shape") or [])],
         ["MLflow run", info.get("mlflow_run_id")],
     ]
