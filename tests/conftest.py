@@ -1,4 +1,5 @@
-"""Fixtures the tests make themselves: tiny IDX files, image folders, a loopback HTTP server."""
+"""Fixtures the tests make themselves: tiny IDX files, image folders, a loopback HTTP server,
+a real `mlflow server`."""
 
 import gzip
 import http.server
@@ -8,11 +9,14 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
+
+from pipeline.net import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,6 +121,41 @@ def http_server():
     yield Server
     server.shutdown()
     server.server_close()
+
+
+class MlflowServer(NamedTuple):
+    url: str  # http://127.0.0.1:<port>
+    store: Path  # its SQLite file and artifacts folder
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` (no authentication) on a free loopback port, SQLite backend."""
+    port = free_port()
+    store = tmp_path / "server"
+    store.mkdir()
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+             "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+             "--artifacts-destination", str(store / "artifacts"), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT,
+            # MLflow's GenAI job runner: 10 more processes no test here has a use for.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            if not wait_ready(proc, url, timeout=120):
+                pytest.fail(f"mlflow server did not start: {log_path.read_text()[-3000:]}")
+            yield MlflowServer(url, store)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @pytest.fixture

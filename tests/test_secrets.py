@@ -3,10 +3,7 @@
 import base64
 import http.server
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -18,7 +15,7 @@ from pipeline.config import DataParams
 from pipeline.data import catalog
 from pipeline.data.acquire import acquire
 from pipeline.fileio import sha256_of
-from pipeline.net import free_port, wait_ready
+from pipeline.net import free_port
 from pipeline.redact import redact
 from pipeline.tuning import state
 from tests.conftest import make_idx_dataset, run_cli
@@ -137,32 +134,6 @@ def test_an_unreachable_store_is_a_one_line_error_without_the_password(capsys, m
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: MLflow store http://user:***@127.0.0.1:"), err
     assert PASSWORD not in err
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real `mlflow server` (no authentication) on a free loopback port."""
-    port = free_port()
-    store = tmp_path / "server"
-    store.mkdir()
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-         "--artifacts-destination", str(store / "artifacts"), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT,
-        # MLflow's GenAI job runner: 10 more processes this test has no use for.
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        if not wait_ready(proc, url, timeout=120):
-            pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()}")
-        yield url, store
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def _files_holding(folder: Path, needle: bytes) -> list[str]:

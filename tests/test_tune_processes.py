@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.net import free_port, wait_ready
+from pipeline.net import free_port
 from tests.conftest import ROOT, run_cli
 from tests.tune_helpers import (
     all_runs,
@@ -156,34 +156,6 @@ def test_sigterm_ends_runs_killed_and_the_search_resumes(proj):
     )
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real `mlflow server` on a free loopback port with a SQLite backend."""
-    port = free_port()
-    store = tmp_path / "server"
-    store.mkdir()
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--host", "127.0.0.1",
-            "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-            "--artifacts-destination", str(store / "artifacts"),
-            "--workers", "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    if not wait_ready(proc, url, timeout=120):
-        proc.kill()
-        pytest.fail("mlflow server did not start")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-
-
 def _worker_pids() -> dict[str, int]:
     """Live `pipeline tune --worker` processes: tuner id -> pid."""
     found = {}
@@ -206,13 +178,13 @@ def _worker_pids() -> dict[str, int]:
 def test_chief_and_two_workers_log_every_trial_under_one_parent_run(proj, mlflow_server):
     tune_params(proj, max_trials=4, max_epochs=2)
     before = set(_worker_pids().values())
-    stage = Stage(proj, "--workers", "2", env={"MLFLOW_TRACKING_URI": mlflow_server})
+    stage = Stage(proj, "--workers", "2", env={"MLFLOW_TRACKING_URI": mlflow_server.url})
     assert stage.finish(timeout=600) == 0, stage.text
     assert "chief serving the oracle" in stage.text
     assert re.search(r"^\[tuner0\] trial", stage.text, re.M)
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server.url)
     parents, runs = parent_and_trials(client)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(runs) == 4
