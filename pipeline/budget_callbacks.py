@@ -163,9 +163,9 @@ class BudgetCosine(keras.callbacks.Callback):
     def total(self, epoch: int, now: float) -> int:
         """Epochs in all as planned at epoch ``epoch``'s start (0-based), at ``now``."""
         times, deadline = self.clock.epoch_times, self.clock.deadline
-        if deadline is None or not times:
+        if deadline is None or not (times or self.epoch_s):
             return self.epochs
-        typical = typical_epoch(times, self.epoch_s or None)
+        typical = typical_epoch(times, self.epoch_s or None) if times else self.epoch_s
         fits = math.floor(max(0.0, deadline - now) / typical) if typical > 0 else self.epochs
         return max(epoch + 1, min(self.epochs, epoch + fits))
 

@@ -159,3 +159,22 @@ def test_a_runner_up_that_equal_epochs_leave_short_is_swapped_for_a_seed_before_
     assert roster[2][1] == (
         budgets.EpochEstimate(runner_epoch_s, 0.0, runner_epoch_s / 100) if kept else fast
     )
+
+
+def test_a_runner_up_of_another_family_goes_before_a_closer_one_of_the_best_s_family():
+    from pipeline.training.plan import Plan
+
+    def runner(trial_id, family, below):
+        return {"trial_id": trial_id, "family": family, "below_best": below, "hyperparameters": {}}
+
+    runners = [
+        runner("cnn32", "simple_cnn", 0.001),
+        runner("vgg", "vgg", 0.008),
+        runner("far", "resnet", 0.05),  # beyond the margin: never a member
+        runner("resnet", "resnet", 0.012),
+    ]
+    best = {"trial_id": "best", "family": "simple_cnn", "runners_up": runners}
+    plan = Plan(source="tune", family="simple_cnn", hyperparameters={}, best=best)
+    # Another architecture makes other mistakes: the VGG, then the ResNet, then the CNN.
+    assert [p.trial_id for p in plan.runners_up(0.02)] == ["vgg", "resnet", "cnn32"]
+    assert [p.family for p in plan.runners_up(0.02)] == ["vgg", "resnet", "simple_cnn"]

@@ -345,7 +345,8 @@ def test_the_final_training_is_sized_to_what_is_left_of_the_budget(proj, monkeyp
     record = json.loads(paths.RUN_BUDGET.read_text())
     assert record["clock"] == "tune"
     assert 3 <= record["planned_final_epochs"] <= 4  # 4.5 s left, less set-up, at 1 s each
-    assert info["epochs_run"] == record["epochs_run"] <= record["planned_final_epochs"]
+    # Epochs as long as measured: about the planned ones (the clock ends the training).
+    assert info["epochs_run"] == record["epochs_run"] <= record["planned_final_epochs"] + 1
     assert record["within_budget"] is True
     assert record["search_seconds"] == 300.0 and record["total_seconds"] >= 300
     assert record["estimated_epoch_seconds"] == pytest.approx(1.0)
@@ -543,6 +544,23 @@ class InterruptMember(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.seen == self.member and epoch + 1 == self.after:
             raise RuntimeError(f"interrupted after epoch {self.after}")
+
+
+def test_epochs_faster_than_the_search_measured_fill_the_budget_instead_of_ending_early(
+    proj, monkeypatch
+):
+    from pipeline.budget import FINISH_S, SLOW_EPOCH_ENV
+
+    monkeypatch.setenv(SLOW_EPOCH_ENV, "0.3")  # every epoch about 0.3 s ...
+    _tuned_just_now(proj.path, FINISH_S + 6.0, epoch_seconds=1.5)  # ... the search saw 1.5 s
+    info = proj.run(budget=BUDGET, epochs=40)
+    record = json.loads(paths.RUN_BUDGET.read_text())
+    assert record["planned_final_epochs"] <= 4  # 6 s at 1.5 s an epoch
+    # The clock, not the estimate, ends the training: the 6 s hold about 15 epochs.
+    assert info["epochs_run"] >= 2 * record["planned_final_epochs"]
+    assert record["within_budget"] is True and record["stopped_by_deadline"] is True
+    rates = [float(r["learning_rate"]) for r in read_history()]
+    assert rates[-1] < 0.2 * rates[0]  # the cosine still ends near zero at the clock's end
 
 
 def test_in_time_mode_a_runner_up_too_slow_for_its_share_gives_way_to_a_seed(

@@ -33,13 +33,17 @@ class EpochRecorder(keras.callbacks.Callback):
         run_id: str | None = None,
         label: str = "",
         step_offset: int = 0,
+        planned=None,
     ):
         """``label`` starts each console line (an ensemble's member); ``step_offset`` is
-        added to the epoch as the MLflow step (the members' epochs before this one)."""
+        added to the epoch as the MLflow step (the members' epochs before this one);
+        ``planned``: returns the epochs planned in all, when a schedule re-plans them
+        (default: ``epochs``)."""
         super().__init__()
         self.label, self.step_offset = label, step_offset
         self.backup = backup
         self.epochs = epochs
+        self.planned = planned or (lambda: epochs)
         self.patience = patience
         self.client, self.run_id = mlflow_client, run_id
         self.best_epoch, self.best = best_epoch(backup.rows)
@@ -82,7 +86,7 @@ class EpochRecorder(keras.callbacks.Callback):
             metrics = {k: row[k] for k in HISTORY_COLUMNS[1:] if math.isfinite(row[k])}
             tracking.log_metrics(self.client, self.run_id, metrics, step=self.step_offset + epoch)
         log(
-            f"train: {self.label}epoch {epoch + 1}/{self.epochs} loss={row['loss']:.4f} "
+            f"train: {self.label}epoch {epoch + 1}/{self.planned()} loss={row['loss']:.4f} "
             f"acc={row['accuracy']:.4f} val_loss={row['val_loss']:.4f} "
             f"val_accuracy={value:.4f}{' *' if improved else ''} {seconds:.1f}s"
         )
