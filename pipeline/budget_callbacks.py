@@ -169,6 +169,10 @@ class BudgetCosine(keras.callbacks.Callback):
         fits = math.floor(max(0.0, deadline - now) / typical) if typical > 0 else self.epochs
         return max(epoch + 1, min(self.epochs, epoch + fits))
 
+    def planned(self) -> int:
+        """The length planned at the latest epoch's start (``epochs`` before the first)."""
+        return self.totals[-1] if self.totals else self.epochs
+
     def on_epoch_begin(self, epoch, logs=None):
         total = self.total(epoch, time.time())
         self.totals.append(total)

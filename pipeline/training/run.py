@@ -663,10 +663,11 @@ def _train_member(
     patience = None if train_params.fit_on_val else train_params.early_stopping_patience
     deadline = DeadlineStop(deadline_at)
     schedule, planned = [], None
+    fills = timed and number == count
     if timed:
         patience = None  # the schedule ends with the budget; stopping early wastes its end
         rate = float(plan.hyperparameters["learning_rate"])
-        if number == count:
+        if fills:
             # The plan came from the search's epoch time. The last training's epochs,
             # when faster than that, fill what is left instead of leaving the budget's
             # end unused (61 s of a 15-minute run on the AMD EPYC VM, 2026-12-05): the
@@ -674,8 +675,7 @@ def _train_member(
             # Earlier members keep their plan: what they leave goes to the next ones.
             epochs = max(epochs, train_params.epochs // count)
         cosine = BudgetCosine(rate, epochs, deadline, estimate and estimate.epoch_s)
-        schedule = [cosine]
-        planned = lambda: cosine.totals[-1] if cosine.totals else epochs  # noqa: E731
+        schedule, planned = [cosine], cosine.planned
     recorder = EpochRecorder(
         backup,
         epochs,
@@ -695,7 +695,7 @@ def _train_member(
         resume = f", resuming after epoch {done}" if done else ""
         length = (
             f"as many epochs as fit the budget (at most {epochs})"
-            if timed and number == count
+            if fills
             else f"up to {epochs} epochs"
         )
         log(f"train: {label}{what} on {where}, {length}{resume}")
@@ -735,7 +735,7 @@ def _train_member(
         number,
         seed,
         backup,
-        planned() if planned else epochs,
+        recorder.planned(),
         epoch,
         best,
         params_count,
