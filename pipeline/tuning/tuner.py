@@ -26,6 +26,9 @@ from pipeline.tuning.kt_compat import TunerCompat, runs_before
 
 TRIAL_ROLE = "tune-trial"
 STATUS_TAG = "trial_status"
+# Before any trial has a score, at most this many too-slow trials are skipped; the next one
+# runs whatever its cost, so a budget too small for any final training still yields a model.
+UNSCORED_SKIPS = 2
 
 
 def trial_params(hp_values: dict) -> dict:
@@ -116,6 +119,7 @@ class PipelineTunerMixin(TunerCompat):
         self._params_count: int | None = None
         self._deadline_stops: list[DeadlineStop] = []
         self._result: dict | None = None
+        self._unscored_skips = 0  # this tuner's trials skipped for cost before any score
         keras_tuner.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
         self._on_tensorflow = keras.backend.backend() == "tensorflow"
         if self._on_tensorflow:
@@ -163,9 +167,7 @@ class PipelineTunerMixin(TunerCompat):
         self._deadline_stops.append(stop)
         # The test knob's sleep first: it is part of the epoch the deadline stop times.
         callbacks = [*slow_epoch_callbacks(), stop, keras.callbacks.TerminateOnNaN()]
-        # Only once a trial has a score: a budget too small for any final training still
-        # yields a model (the first trial runs), as with the time budget.
-        if self.cost_probe is not None and self._a_trial_has_a_score():
+        if self.cost_probe is not None and self._probe_cost():
             callbacks.insert(0, CostProbe(**self.cost_probe))
         if self.current_run_id is not None:
             callbacks.append(EpochLogger(self.mlflow, self.current_run_id))
@@ -177,6 +179,12 @@ class PipelineTunerMixin(TunerCompat):
                 )
             )
         return callbacks
+
+    def _probe_cost(self) -> bool:
+        """Whether this trial may be skipped as too slow: always once a trial has a score;
+        before, while fewer than ``UNSCORED_SKIPS`` were (a first seed too slow for this
+        machine or image size gives way to the next, and the search still gets a model)."""
+        return self._unscored_skips < UNSCORED_SKIPS or self._a_trial_has_a_score()
 
     def _a_trial_has_a_score(self) -> bool:
         # get_best_trials pads its answer with unfinished trials when too few completed.
@@ -242,6 +250,8 @@ class PipelineTunerMixin(TunerCompat):
         # used up: FAILED) is what the run is tagged with.
         super().on_trial_end(trial)
         status = self.oracle.get_trial(trial.trial_id).status
+        if was_skipped(trial) and not self._a_trial_has_a_score():
+            self._unscored_skips += 1
         if self._on_tensorflow:
             # Else the trial's traced graphs stay in TensorFlow's gradient registry for
             # good: ~20 MB per trial (tf_compat); the next build's gc.collect frees them.
