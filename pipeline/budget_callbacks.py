@@ -13,7 +13,7 @@ from pipeline.budget import (
     next_epoch_fits,
     too_slow,
     typical_epoch,
-    upper_median,
+    steady_sum,
 )
 from pipeline.errors import ConfigError
 
@@ -46,8 +46,8 @@ def slow_epoch_callbacks() -> list:
 class DeadlineStop(keras.callbacks.Callback):
     """Times every epoch, and stops at an epoch's end when the next would not end in time.
 
-    Also times each batch, for ``steady_times``: an epoch's time at its median batch
-    times, without the compiling that may stall any batch (on JAX a second compile comes
+    Also times each batch, for ``steady_times``: an epoch's time without the compiling
+    that may stall a batch or two (``budget.steady_sum``; on JAX a second compile comes
     a few batches into the second epoch: 5.6 s on an H200, against 2 ms per step).
     With no deadline it only times. Place it after ``SlowEpoch`` (whose sleep is part of
     the epoch) and before callbacks that save state at the epoch's end.
@@ -58,7 +58,7 @@ class DeadlineStop(keras.callbacks.Callback):
         self.deadline = deadline
         self.epoch_times: list[float] = []
         self.steady_times: list[float] = []
-        self.val_times: list[float] = []  # each epoch's validation pass, at its median batch
+        self.val_times: list[float] = []  # each epoch's validation pass, without stalls
         self.fired = False
         self._start = self._last = 0.0
         self._train: list[float] = []
@@ -82,8 +82,8 @@ class DeadlineStop(keras.callbacks.Callback):
         self.epoch_times.append(took)
         timed = sum(self._train) + sum(self._test)
         train, test = self._train, self._test
-        steady = upper_median(train) * len(train) + upper_median(test) * len(test)
-        self.val_times.append(upper_median(test) * len(test))
+        steady = steady_sum(train) + steady_sum(test)
+        self.val_times.append(steady_sum(test))
         # What the batches do not cover (callbacks, the loader's start) counts as it came.
         self.steady_times.append(min(took, steady + max(0.0, took - timed)))
         if self.deadline is None or epoch + 1 >= (self.params or {}).get("epochs", math.inf):

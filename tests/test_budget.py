@@ -115,6 +115,22 @@ def test_an_epoch_is_timed_without_the_batches_that_stalled_to_compile():
     assert epoch_timing([[10.7, 6.2]], None, [[1.5, 1.1]])["val_seconds"] == pytest.approx(1.3)
 
 
+def test_batch_times_under_a_cpu_quota_count_the_waits_but_not_compile_stalls():
+    """Under a cgroup quota of a quarter of a 2-core VM most batches ran at full speed and
+    every few one waited out the quota's period: the median batch planned 8.0 s epochs
+    that took 22.5 s. The waits recur, so they count; a compile stall or two does not."""
+    throttled = ([0.002] * 12 + [0.077]) * 20  # 12 batches at 2 ms, then a 75 ms wait
+    assert budgets.steady_sum(throttled) == pytest.approx(sum(throttled), rel=0.1)
+    assert budgets.steady_sum([5.6] + [0.002] * 99) == pytest.approx(0.2)  # one stall
+    assert budgets.steady_sum([0.3, 4.0] + [0.01] * 8) == pytest.approx(0.1)  # two
+    assert budgets.steady_sum([]) == 0.0
+    # The cost probe: 5 batches of a CNN, 2 of them waiting, estimate the mean, not the
+    # median: ~100 s an epoch does not fit 12 in 1000 s, where the median's 70 s would.
+    probe = [0.06, 0.135, 0.06, 0.135, 0.06]
+    assert budgets.too_slow(probe, 128, 128_000, 1000.0, 12)
+    assert budgets.too_slow(probe, 128, 128_000, 1300.0, 12) is None
+
+
 def test_the_cosine_schedule_shortens_to_the_epochs_that_still_fit(monkeypatch):
     import math
 

@@ -347,7 +347,7 @@ def epoch_timing(
 
     The first epoch of each execution also traces and compiles the model; the steady time
     is the mean of the later ones (the first's when it was the only one), or, when lower,
-    the mean of every epoch timed at its median batches (``DeadlineStop.steady_times``):
+    the mean of every epoch timed without its compile stalls (``DeadlineStop.steady_times``):
     a trial of one or two epochs on a GPU is mostly compiling. The validation pass does not
     grow with the training images: the final training's estimate scales only the rest.
     """
@@ -357,9 +357,9 @@ def epoch_timing(
         return {}
     first = float(np.mean(firsts))
     epoch_s = float(np.mean(later)) if later else first
-    at_median = [t for times in steady or [] for t in times]
-    if at_median:
-        epoch_s = min(epoch_s, float(np.mean(at_median)))
+    unstalled = [t for times in steady or [] for t in times]
+    if unstalled:
+        epoch_s = min(epoch_s, float(np.mean(unstalled)))
     timing = {"first_epoch_seconds": first, "epoch_seconds": epoch_s}
     passes = [t for times in val or [] for t in times]
     if passes:
