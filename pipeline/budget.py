@@ -199,8 +199,8 @@ def too_slow(
     """Why a configuration is too slow for the budget, or None when it fits.
 
     Its final training's epoch over ``final_samples`` images is estimated from the mean
-    of the timed batches without compile stalls (``steady_sum``) (the validation pass adds about a tenth); it must fit
-    ``min_epochs`` epochs in ``final_seconds``.
+    of the timed batches without compile stalls (``steady_sum``; the validation pass adds
+    about a tenth); it must fit ``min_epochs`` epochs in ``final_seconds``.
     """
     if final_seconds is None or not batch_seconds or final_samples <= 0:
         return None

@@ -11,9 +11,9 @@ from pipeline.budget import (
     PROBE_BATCHES,
     SLOW_EPOCH_ENV,
     next_epoch_fits,
+    steady_sum,
     too_slow,
     typical_epoch,
-    steady_sum,
 )
 from pipeline.errors import ConfigError
 
