@@ -181,8 +181,8 @@ def steady_sum(values: list[float]) -> float:
     """
     if not values:
         return 0.0
-    median = upper_median(values)
     ordered = sorted(values)
+    median = ordered[len(ordered) // 2]  # upper_median, without sorting twice
     for i in range(1, min(MAX_STALLS, len(ordered) - 1) + 1):
         if ordered[-i] > STALL_FACTOR * median:
             ordered[-i] = median
