@@ -163,11 +163,6 @@ def final_training_seconds(budget: BudgetParams) -> float | None:
     return max(0.0, train_share_seconds(budget) - FINISH_S)
 
 
-def upper_median(values: list[float]) -> float:
-    """The middle value (the upper one of an even count); 0.0 for none."""
-    return sorted(values)[len(values) // 2] if values else 0.0
-
-
 def steady_sum(values: list[float]) -> float:
     """The batches' total time, each of the ``MAX_STALLS`` slowest counted at the median
     when it took over ``STALL_FACTOR`` times it: a compile stalls a batch or two for
@@ -182,7 +177,7 @@ def steady_sum(values: list[float]) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    median = ordered[len(ordered) // 2]  # upper_median, without sorting twice
+    median = ordered[len(ordered) // 2]  # the upper one of an even count
     for i in range(1, min(MAX_STALLS, len(ordered) - 1) + 1):
         if ordered[-i] > STALL_FACTOR * median:
             ordered[-i] = median
