@@ -315,6 +315,21 @@ class RegisterParams(_Section):
     )
 
 
+class ImbalanceParams(_Section):
+    """Class weights and a balanced score when the training split's classes are skewed
+    (read by tune, train, evaluate and register)."""
+
+    class_weights: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="auto: when the training split's largest/smallest class count exceeds "
+        "max_ratio, train with class weights and choose (search objective, best epoch, "
+        "ensemble, promotion gate) by balanced accuracy; on: always; off: never",
+    )
+    max_ratio: float = Field(
+        3.0, ge=1, description="auto: the largest/smallest class count above which it acts"
+    )
+
+
 class PretrainedParams(_Section):
     """Where the transfer family finds ImageNet weights (read by tune and train)."""
 
@@ -355,6 +370,7 @@ class Params(_Section):
     budget: BudgetParams = BudgetParams()
     evaluate: EvaluateParams = EvaluateParams()
     register: RegisterParams = RegisterParams()
+    imbalance: ImbalanceParams = ImbalanceParams()
     pretrained: PretrainedParams = PretrainedParams()
     mlflow: MlflowParams = MlflowParams()
 

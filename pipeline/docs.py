@@ -28,6 +28,7 @@ GUIDES = {
     "budget": "budget.md",
     "evaluate": "train-evaluate-register.md#evaluate",
     "register": "train-evaluate-register.md#the-promotion-gate",
+    "imbalance": "train-evaluate-register.md#imbalanced-classes",
     "pretrained": "search-spaces.md#pretrained-backbones",
     "mlflow": "mlflow-ui.md",
 }

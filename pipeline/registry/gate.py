@@ -10,6 +10,14 @@ from pipeline.registry.mcnemar import McNemar, mcnemar
 _EPS = 1e-12
 
 
+def score(correct: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """The (weighted) share of images got right."""
+    correct = np.asarray(correct, dtype=np.float64)
+    if len(correct) == 0:
+        return 0.0
+    return float(np.average(correct, weights=weights))
+
+
 @dataclass(frozen=True)
 class Decision:
     promote: bool
@@ -24,17 +32,20 @@ def decide(
     significance: float | None,
     champion_label: str = "the champion",
     split: str = "the gate split",
+    weights: np.ndarray | None = None,
 ) -> Decision:
     """Promote only a candidate better by at least ``min_delta`` and, unless ``significance``
     is None, with McNemar's p below it. ``champion_correct`` None: there is no champion yet.
 
     Both masks say which images of ``split`` each model got right, image by image.
+    ``weights``: one per image (``1 / count(class)`` for imbalanced classes: the scores are
+    then balanced accuracies); McNemar's test still counts images.
     """
     if champion_correct is None:
         return Decision(True, "first model: no champion yet")
     cand = np.asarray(candidate_correct, dtype=bool)
     champ = np.asarray(champion_correct, dtype=bool)
-    acc_a, acc_k = float(cand.mean()), float(champ.mean())
+    acc_a, acc_k = score(cand, weights), score(champ, weights)
     delta = acc_a - acc_k
     test = mcnemar(cand, champ) if significance is not None else None
     scores = f"candidate {acc_a:.4f} vs {champion_label} {acc_k:.4f} on {split}"

@@ -38,13 +38,26 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: 
         }
         for name, p, r, f, s in zip(class_names, precision, recall, f1, support, strict=True)
     }
+    present = support > 0
     return {
         "accuracy": float(skm.accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
+        # The mean recall over the classes the split holds: a minority class counts as
+        # much as the largest one (imbalance.class_weights chooses by it on validation).
+        "balanced_accuracy": float(np.mean(recall[present])) if present.any() else 0.0,
         "macro_precision": float(np.mean(precision)),
         "macro_recall": float(np.mean(recall)),
         "macro_f1": float(np.mean(f1)),
         "num_test": int(len(y_true)),
         "per_class": per_class,
+        # Classes with test images that the model never predicts: the telltale of
+        # imbalanced training (accuracy can still look fine).
+        "never_predicted": [
+            name
+            for name, s, n in zip(
+                class_names, support, np.bincount(y_pred, minlength=len(labels)), strict=True
+            )
+            if s > 0 and n == 0
+        ],
     }
 
 
@@ -59,10 +72,12 @@ def evaluate_predictions(
     metrics = {
         "accuracy": round(found["accuracy"], 6),
         "loss": round(cross_entropy(y_true, probs), 6),
+        "balanced_accuracy": round(found["balanced_accuracy"], 6),
         "macro_f1": round(found["macro_f1"], 6),
         "macro_precision": round(found["macro_precision"], 6),
         "macro_recall": round(found["macro_recall"], 6),
         "num_test": found["num_test"],
         "per_class": found["per_class"],
+        "never_predicted": found["never_predicted"],
     }
     return metrics, cm, y_pred
