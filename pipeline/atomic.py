@@ -41,11 +41,13 @@ def _fsync_dir(directory: str | Path) -> None:
         os.close(fd)
 
 
-def write_with(path: Path, writer: Callable[[Path], None]) -> None:
-    """Call ``writer(tmp)`` on a temp file beside ``path``, then rename it over ``path``."""
+def write_with(path: Path, writer: Callable[[Path], None], suffix: str = ".tmp") -> None:
+    """Call ``writer(tmp)`` on a temp file beside ``path``, then rename it over ``path``.
+
+    ``suffix`` ends the temp file's name (Keras wants ``.keras`` or ``.weights.h5``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         writer(Path(tmp))

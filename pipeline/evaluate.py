@@ -78,12 +78,14 @@ def check_consistent(info: dict, meta: dict) -> None:
             )
 
 
-def write_plots(x, y, y_pred, probs, cm, class_names, history, count) -> int:
-    """Build ``reports/plots/`` in a temp folder and swap it in; return images in the grid."""
+def write_plots(x, y, y_pred, probs, cm, class_names, history, count, info=None) -> int:
+    """Build ``reports/plots/`` in a temp folder and swap it in; return images in the grid.
+
+    ``info``: model_info.json, for the curves' labels (ensemble members, fit_on_val)."""
     tmp = atomic.temp_dir_beside(paths.PLOTS)
     try:
         (tmp / plots.CONFUSION_CSV).write_text(plots.confusion_csv(y, y_pred, class_names))
-        plots.curves_png(history, tmp / plots.CURVES_PNG)
+        plots.curves_png(history, tmp / plots.CURVES_PNG, info)
         plots.confusion_png(cm, class_names, tmp / plots.CONFUSION_PNG)
         shown = plots.misclassified_png(
             x, y, y_pred, probs, class_names, count, tmp / plots.MISCLASSIFIED_PNG
@@ -179,7 +181,7 @@ def main(argv=None) -> int:
     if history is None:
         log(f"evaluate: warning: {paths.TRAIN_HISTORY} missing or empty; no training curves")
     shown = write_plots(
-        x, y, y_pred, probs, cm, class_names, history, params.evaluate.misclassified_examples
+        x, y, y_pred, probs, cm, class_names, history, params.evaluate.misclassified_examples, info
     )
     files = [paths.METRICS] + [paths.PLOTS / name for name in sorted(_plot_files())]
     if info.get("source") == "preset" and info.get("preset"):

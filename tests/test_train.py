@@ -212,8 +212,8 @@ def test_a_backup_whose_fit_ended_reopens_finished(tmp_path):
     assert backup.open() == 0 and not backup.finished
     row = dict.fromkeys(["loss", "accuracy", "val_loss", "learning_rate", "seconds"], 0.1)
     backup.record({**row, "epoch": 1, "val_accuracy": 0.5})
-    (backup.folder / "training_metadata.json").write_text('{"epoch": 1}')
-    (backup.folder / "latest.weights.h5").write_bytes(b"")
+    (backup.folder / "checkpoint.json").write_text('{"epoch": 1}')
+    (backup.folder / "checkpoint-1.weights.h5").write_bytes(b"")
     (backup.folder / "best-1.weights.h5").write_bytes(b"")
     assert backup.open() == 1 and not backup.finished  # interrupted: trained on
     backup.mark_finished()
@@ -226,7 +226,7 @@ def test_a_backup_whose_fit_ended_reopens_finished(tmp_path):
 def test_a_corrupt_backup_falls_back_to_training_from_scratch(proj, capsys):
     with pytest.raises(RuntimeError):
         proj.run(callbacks=[Interrupt(1)], epochs=2)
-    weights = paths.TRAIN_BACKUP / "latest.weights.h5"
+    weights = paths.TRAIN_BACKUP / "checkpoint-1.weights.h5"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     info = proj.run(epochs=2)
     assert "is damaged" in capsys.readouterr().err

@@ -5,6 +5,8 @@ import html
 import json
 from pathlib import Path
 
+from pipeline.reports.sources import model_name
+
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
 h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; }
@@ -72,6 +74,7 @@ def _model_section(info: dict) -> str:
         else f"best tuning trial {_e(info.get('tune_trial_id') or '')}"
     )
     facts = [
+        ["model", model_name(info)],
         ["family", info.get("family") or what],
         ["source", info.get("source")],
         ["parameters", _fmt(info.get("params"))],
@@ -206,7 +209,7 @@ def render(
         if validation
         else "<p class='muted'>no data-validation report found</p>"
     )
-    title = f"{dataset}: {info.get('family') or info.get('preset')} model report"
+    title = f"{dataset} model report: {model_name(info)}"
     sections = [
         ("Chosen model", _model_section(info)),
         ("Test metrics", _metrics_section(metrics)),

@@ -8,8 +8,11 @@ import csv
 import io
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+
+from pipeline.reports import sources
 
 CURVES_PNG = "curves.png"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -39,28 +42,81 @@ def confusion_csv(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]
     return buffer.getvalue()
 
 
-def curves_png(history: dict[str, list[float]] | None, path: Path) -> None:
-    """Loss and accuracy per epoch, training and validation."""
+class Curve(NamedTuple):
+    """One line of ``curves.png``: ``metric`` (loss, accuracy) of one member, one split."""
+
+    metric: str
+    member: int | None  # an ensemble's member number; None for a single model
+    split: str  # "train" or "val"
+    label: str  # what it is measured on, for the legend
+    epochs: list[int]  # from 1 for each member
+    values: list[float]
+
+
+def curve_series(history: dict[str, list[float]], info: dict | None = None) -> list[Curve]:
+    """The lines of the training curves: per metric, one train and one val line per member.
+
+    ``train_history.csv`` numbers an ensemble's epochs on across members (one MLflow curve);
+    here each member starts again at epoch 1. With ``train.fit_on_val`` (``info``) the val
+    images were trained on: the labels say so.
+    """
+    info = info or {}
+    on_val = bool(info.get("fit_on_val"))
+    what = {
+        "train": "train + val images (fit_on_val)" if on_val else "train",
+        "val": "val (trained on: fit_on_val)" if on_val else "val",
+    }
+    names = sources.member_names(info)
+    numbers = history.get("member") or [math.nan] * len(history["epoch"])
+    member_of = [None if math.isnan(n) else int(n) for n in numbers]
+    curves = []
+    for metric in ("loss", "accuracy"):
+        for member in dict.fromkeys(member_of):
+            at = [i for i, m in enumerate(member_of) if m == member]
+            epochs = list(range(1, len(at) + 1))
+            prefix = "" if member is None else f"member {member} {names.get(member, '')}".strip()
+            for split, key in (("train", metric), ("val", f"val_{metric}")):
+                if key not in history:
+                    continue
+                label = f"{prefix}: {what[split]}" if prefix else what[split]
+                values = [history[key][i] for i in at]
+                curves.append(Curve(metric, member, split, label, epochs, values))
+    return curves
+
+
+def curves_figure(history: dict[str, list[float]] | None, info: dict | None = None):
+    """Loss and accuracy per epoch (``curve_series``), as a matplotlib figure."""
     fig = _figure(10, 4)
     axes = fig.subplots(1, 2)
     if not history:
         for ax in axes:
             ax.axis("off")
         axes[0].text(0.5, 0.5, "no training history", ha="center", va="center")
-        _save(fig, path)
-        return
-    epochs = history["epoch"]
+        return fig
+    curves = curve_series(history, info)
+    ensemble = any(c.member is not None for c in curves)
+    colours = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(c.member for c in curves))}
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        for key, label in ((metric, "train"), (f"val_{metric}", "validation")):
-            if key in history:
-                ax.plot(epochs, history[key], marker="o", markersize=3, label=label)
+        for c in (c for c in curves if c.metric == metric):
+            style = (
+                # One colour per member, dashed on its training images.
+                {"color": colours[c.member], "linestyle": "--" if c.split == "train" else "-"}
+                if ensemble
+                else {}
+            )
+            ax.plot(c.epochs, c.values, marker="o", markersize=3, label=c.label, **style)
         ax.set_title(metric)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch of each member" if ensemble else "epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    _save(fig, path)
+            ax.legend(fontsize="small" if ensemble else None)
+    return fig
+
+
+def curves_png(history: dict[str, list[float]] | None, path: Path, info: dict | None = None):
+    """``curves_figure`` written to ``path``."""
+    _save(curves_figure(history, info), path)
 
 
 def confusion_png(cm: np.ndarray, class_names: list[str], path: Path) -> None:

@@ -48,6 +48,31 @@ def read_history(path: Path = paths.TRAIN_HISTORY) -> dict[str, list[float]] | N
     return columns if "epoch" in columns else None
 
 
+def member_names(info: dict) -> dict[int, str]:
+    """An ensemble's members by number, as ``simple_cnn`` (``vgg, left out`` when the
+    average does not include it); empty for a single model."""
+    members = (info.get("ensemble") or {}).get("members") or []
+    return {
+        int(m["member"]): (m.get("family") or "?") + ("" if m.get("kept", True) else ", left out")
+        for m in members
+        if isinstance(m, dict) and "member" in m
+    }
+
+
+def model_name(info: dict) -> str:
+    """What the saved model is: ``simple_cnn``, ``seed_cnn (preset)`` or
+    ``an ensemble of 2 (simple_cnn, vgg)``."""
+    if info.get("source") == "preset":
+        return f"{info.get('preset')} (preset)"
+    members = (info.get("ensemble") or {}).get("members") or []
+    kept = [m.get("family") or "?" for m in members if m.get("kept", True)]
+    if not kept:
+        return str(info.get("family") or "?")
+    left_out = len(members) - len(kept)
+    trained = f"; {len(members)} trained, {left_out} left out" if left_out else ""
+    return f"an ensemble of {len(kept)} ({', '.join(kept)}{trained})"
+
+
 def best_per_family(path: Path = paths.LEADERBOARD) -> list[dict] | None:
     """The best scored trial of each family, best first; None when there is no leaderboard."""
     rows = read_csv(path)

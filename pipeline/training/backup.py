@@ -1,8 +1,12 @@
 """The resumable state of one training in ``models/train_backup/``, kept across runs.
 
-Keras' ``BackupAndRestore`` writes ``latest.weights.h5`` (model and optimizer variables)
-and ``training_metadata.json`` (epochs finished) at each epoch's end; that metadata file
-is the commit point. Before it, this module's recorder writes:
+At each epoch's end ``callbacks.Checkpoint`` writes ``checkpoint-<epoch>.weights.h5``
+(model and optimizer variables), then ``checkpoint.json`` (epochs finished), each to a temp
+file that is fsynced and renamed; that JSON file is the commit point, and the previous
+epoch's weights are deleted only after it. A kill at any instant loses at most the epoch
+in progress (Keras' ``BackupAndRestore`` overwrites its one weights file in place: a kill
+while it writes tore the only copy, and the training started over). Before the commit
+point, this module's recorder writes:
 
 - ``state.json``: the fingerprint of what is trained (written once, at a fresh start);
 - ``history.csv``: one row per finished epoch (rewritten atomically each epoch);
@@ -20,7 +24,6 @@ import csv
 import io
 import json
 import math
-import os
 import re
 import shutil
 from pathlib import Path
@@ -35,9 +38,9 @@ INTEGERS = ("epoch", "member")  # an ensemble's history numbers its members
 STATE_FILE = "state.json"
 FINISHED_FILE = "finished.json"  # written when a training's fit has ended, for any reason
 HISTORY_FILE = "history.csv"
-LATEST_WEIGHTS = "latest.weights.h5"  # BackupAndRestore's names
-METADATA_FILE = "training_metadata.json"
+CHECKPOINT_FILE = "checkpoint.json"  # {"epoch": n}: epochs 1..n are committed
 _BEST = re.compile(r"^best-(\d+)\.weights\.h5$")
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)\.weights\.h5$")
 
 
 class CorruptBackup(Exception):
@@ -82,9 +85,13 @@ class Backup:
         self.finished = False
 
     # -- paths ---------------------------------------------------------------------------
+    def checkpoint_weights(self, epoch: int) -> Path:
+        return self.folder / f"checkpoint-{epoch}.weights.h5"
+
     @property
     def latest_weights(self) -> Path:
-        return self.folder / LATEST_WEIGHTS
+        """The weights (and optimizer state) of the last committed epoch."""
+        return self.checkpoint_weights(self.epochs_done)
 
     def best_weights(self, epoch: int) -> Path:
         return self.folder / f"best-{epoch}.weights.h5"
@@ -119,6 +126,14 @@ class Backup:
         except CorruptBackup as exc:
             self.discard(f"is damaged ({exc})")
             return 0
+        if not self.rows:
+            if (self.folder / "training_metadata.json").exists():
+                self.discard("is of Keras' BackupAndRestore (an older version of this stage)")
+            else:
+                self._start_fresh()  # no epoch committed: leftovers of one would linger
+            return 0
+        for torn in self.folder.glob(".*.tmp*"):  # a killed write's temp files
+            torn.unlink(missing_ok=True)
         marker = self.folder / FINISHED_FILE
         self.finished = marker.is_file() and _finished_at(marker) == self.epochs_done
         return self.epochs_done
@@ -129,17 +144,13 @@ class Backup:
         self.finished = True
 
     def _committed_rows(self) -> list[dict]:
-        metadata = self.folder / METADATA_FILE
-        if not metadata.exists():
-            if self.latest_weights.exists():
-                # Keras writes the weights, then the metadata: a kill in between leaves
-                # weights no epoch committed (possibly torn). Nothing finished yet.
-                raise CorruptBackup(f"{LATEST_WEIGHTS} without {METADATA_FILE}")
-            return []  # no epoch finished yet
+        checkpoint = self.folder / CHECKPOINT_FILE
+        if not checkpoint.exists():
+            return []  # no epoch committed yet: what else is there is started over
         try:
-            committed = int(json.loads(metadata.read_text())["epoch"])
+            committed = int(json.loads(checkpoint.read_text())["epoch"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CorruptBackup(f"{METADATA_FILE}: {_reason(exc)}") from None
+            raise CorruptBackup(f"{CHECKPOINT_FILE}: {_reason(exc)}") from None
         rows = self._read_history()
         if committed < 0 or len(rows) < committed:
             raise CorruptBackup(
@@ -147,8 +158,8 @@ class Backup:
             )
         rows = rows[:committed]  # an epoch recorded but not checkpointed runs again
         if rows:
-            if not self.latest_weights.is_file():
-                raise CorruptBackup(f"{LATEST_WEIGHTS} missing")
+            if not self.checkpoint_weights(committed).is_file():
+                raise CorruptBackup(f"{self.checkpoint_weights(committed).name} missing")
             epoch, _ = best_epoch(rows)
             if epoch is not None and not self.best_weights(epoch).is_file():
                 raise CorruptBackup(f"{self.best_weights(epoch).name} missing")
@@ -175,8 +186,9 @@ class Backup:
     def restore_check(self, model) -> bool:
         """Load the backup's weights into ``model`` to prove they read back; False if not.
 
-        ``BackupAndRestore`` loads them again when training starts; a failure there would
-        be a crash, here it is a fresh start (the caller rebuilds the model).
+        This is the resume: ``fit`` then starts at ``initial_epoch=epochs_done`` with the
+        model as loaded. A file that does not load is a fresh start (the caller rebuilds
+        the model).
         """
         if not self.rows:
             return True
@@ -187,7 +199,7 @@ class Backup:
             if epoch is not None:
                 model.load_weights(self.best_weights(epoch))
             model.load_weights(self.latest_weights)
-        except Exception as exc:  # h5py, Keras and OS errors alike: the file is unusable
+        except (OSError, ValueError, KeyError) as exc:  # h5py: unreadable; Keras: mismatched
             self.discard(f"is damaged ({_reason(exc)})")
             return False
         return True
@@ -210,14 +222,21 @@ class Backup:
         atomic.write_text(self.folder / HISTORY_FILE, history_text(self.rows, BACKUP_COLUMNS))
 
     def save_best(self, model, epoch: int) -> None:
-        """Save ``model``'s weights as epoch ``epoch``'s best, through a temp file."""
-        final = self.best_weights(epoch)
-        tmp = self.folder / f".tmp-{final.name}"
-        try:
-            model.save_weights(tmp)
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+        """Save ``model``'s weights as epoch ``epoch``'s best, atomically."""
+        _save_weights(model, self.best_weights(epoch))
+
+    def commit(self, model, epoch: int) -> None:
+        """Checkpoint ``model`` (weights and optimizer) as of the end of epoch ``epoch``.
+
+        Each file is complete before it is renamed into place, and the previous epoch's
+        weights go only once ``checkpoint.json`` names the new ones: a kill at any instant
+        leaves epoch ``epoch - 1`` or ``epoch`` committed, never a torn file."""
+        _save_weights(model, self.checkpoint_weights(epoch))
+        atomic.write_json(self.folder / CHECKPOINT_FILE, {"epoch": epoch})
+        for path in self.folder.glob("checkpoint-*.weights.h5"):
+            match = _CHECKPOINT.match(path.name)
+            if match and int(match.group(1)) != epoch:
+                path.unlink(missing_ok=True)
 
     def prune_best(self, keep: int | None) -> None:
         """Delete best-weights files other than epoch ``keep``'s (a committed epoch)."""
@@ -229,6 +248,11 @@ class Backup:
     def remove(self) -> None:
         """Delete the whole backup folder (after a successful training)."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _save_weights(model, path: Path) -> None:
+    """``model.save_weights`` through a fsynced temp file renamed over ``path``."""
+    atomic.write_with(path, model.save_weights, suffix=".tmp.weights.h5")
 
 
 def _finished_at(marker: Path) -> int | None:

@@ -20,8 +20,8 @@ class EpochRecorder(keras.callbacks.Callback):
     stops where an uninterrupted one would, and the best epoch's weights are on disk (a
     best epoch before an interruption is still the one restored).
 
-    Place it before ``BackupAndRestore`` in the callback list: its rows and best weights
-    must be written before the checkpoint commits the epoch.
+    Place it before ``Checkpoint`` in the callback list: its rows and best weights must be
+    written before the checkpoint commits the epoch.
     """
 
     def __init__(
@@ -93,6 +93,22 @@ class EpochRecorder(keras.callbacks.Callback):
         if self.should_stop():
             self.stopped_early = True
             self.model.stop_training = True
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Commits each finished epoch to the backup (weights and optimizer, atomically).
+
+    Replaces ``keras.callbacks.BackupAndRestore``, whose weights file is rewritten in place
+    (a kill while it writes leaves no usable copy). The restore is ``Backup.restore_check``
+    before ``fit(initial_epoch=backup.epochs_done)``.
+    """
+
+    def __init__(self, backup: Backup):
+        super().__init__()
+        self.backup = backup
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.backup.commit(self.model, epoch + 1)
 
 
 def _scalar(value) -> float:

@@ -623,7 +623,7 @@ def _train_member(
 
     from pipeline.budget_callbacks import BudgetCosine, DeadlineStop, slow_epoch_callbacks
     from pipeline.data.loader import fit_inputs
-    from pipeline.training.callbacks import EpochRecorder
+    from pipeline.training.callbacks import Checkpoint, EpochRecorder
 
     params, splits, client, run_id = job.params, job.splits, job.client, job.run_id
     train_params = params.train
@@ -711,7 +711,7 @@ def _train_member(
                 *schedule,
                 keras.callbacks.TerminateOnNaN(),
                 recorder,
-                keras.callbacks.BackupAndRestore(str(backup.folder), delete_checkpoint=False),
+                Checkpoint(backup),
                 *job.callbacks,
             ],
             **fit,
