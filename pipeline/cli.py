@@ -26,6 +26,10 @@ STAGES = {
         "train the best configuration (or train.preset) into models/model.keras",
         ("data.dataset", "train", "pretrained", "budget", "mlflow"),
     ),
+    "export": (
+        "models/model.keras as models/model.onnx and models/model.tflite, checked against it",
+        (),
+    ),
     "evaluate": (
         "test-set metrics, plots and reports/report.html",
         ("data.dataset", "evaluate", "mlflow"),

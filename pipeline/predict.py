@@ -1,7 +1,9 @@
 """``python -m pipeline predict PATH...``: top-k classes for image files or ``.npy`` batches.
 
 The model is the registry's ``models:/<name>@champion`` (name: ``register.model_name``,
-else ``<dataset>-classifier``) or ``--model file.keras``; it is loaded in Keras safe mode.
+else ``<dataset>-classifier``) or ``--model FILE``: a ``.keras`` (loaded in Keras safe
+mode), or the export stage's ``.onnx`` (run by onnxruntime) or ``.tflite`` (the LiteRT
+interpreter), with the same output.
 Images of any size and mode are converted exactly as the preprocess stage converts them
 (``pipeline.data.images.decode_image``: EXIF orientation, mode, then the model's input
 height and width). A ``.npy`` holds ``(N, H, W, C)`` or ``(H, W, C)`` 0-255 pixels (uint8,
@@ -30,7 +32,10 @@ NPY_CHUNK = 1024  # images of a .npy batch read, checked and predicted at a time
 def parser():
     p = stage_parser("predict")
     p.add_argument("inputs", nargs="+", metavar="PATH", help="image files or .npy arrays")
-    p.add_argument("--model", help="a .keras file to use instead of the registry's @champion")
+    p.add_argument(
+        "--model",
+        help="a .keras, .onnx or .tflite file to use instead of the registry's @champion",
+    )
     p.add_argument("--top-k", type=int, default=3, help="classes shown per input (default 3)")
     p.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
     return p
@@ -51,7 +56,7 @@ def main(argv=None) -> int:
     from pipeline.registry import models
 
     if args.model:
-        model = models.load_keras(Path(args.model))
+        model = load_model_file(Path(args.model))
         class_names = local_class_names(models.input_shape(model), _num_outputs(model))
         source = str(args.model)
     else:
@@ -95,6 +100,14 @@ def main(argv=None) -> int:
             shown = "  ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"])
             print(f"{r['input']}: {shown}")
     return 1 if errors else 0
+
+
+def load_model_file(path: Path):
+    """A ``--model`` file: ``.keras`` (Keras, safe mode), ``.onnx`` or ``.tflite``."""
+    from pipeline import deploy
+    from pipeline.registry import models
+
+    return deploy.Exported(path) if deploy.is_exported(path) else models.load_keras(path)
 
 
 def _num_outputs(model) -> int:

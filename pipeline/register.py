@@ -177,6 +177,19 @@ def main(argv=None) -> int:
     return 0
 
 
+def exported_files(model_sha: str) -> list[Path]:
+    """The export stage's files made from this very model; [] (with a warning) otherwise."""
+    files = [p for p in (paths.MODEL_ONNX, paths.MODEL_TFLITE) if p.is_file()]
+    report = read_json(paths.EXPORT_REPORT, None) or {}
+    if not files or report.get("model_sha256") != model_sha:
+        log(
+            f"register: warning: no {paths.MODEL_ONNX} or {paths.MODEL_TFLITE} exported from "
+            f"this {paths.MODEL}; the version gets none (run `python -m pipeline export` first)"
+        )
+        return []
+    return files
+
+
 def ensure_registered_model(client, name: str) -> None:
     from mlflow.exceptions import MlflowException
 
@@ -254,9 +267,10 @@ def log_and_register(
     try:
         with tracking.closing_run(client, run_id, own_run):
             example = x[:2].astype(np.float32)
+            exported = exported_files(model_sha)  # stored with the version's pyfunc model
             with models.temp_dir("register-") as tmp:
                 pyfunc_dir, keras_dir = models.save_models(
-                    paths.MODEL, class_names, example, Path(tmp)
+                    paths.MODEL, class_names, example, Path(tmp), exported
                 )
                 client.log_artifacts(run_id, str(pyfunc_dir), models.PYFUNC_PATH)
                 client.log_artifacts(run_id, str(keras_dir), models.KERAS_PATH)
@@ -268,6 +282,7 @@ def log_and_register(
                 "test_accuracy": f"{acc['test']:.6f}",
                 "gate_accuracy": f"{acc['gate']:.6f}",
                 **{k: str(info[k]) for k in ("family", "preset", "source") if info.get(k)},
+                "exported": ",".join(f.name for f in exported) or "none",
             }
             version = client.create_model_version(
                 name,

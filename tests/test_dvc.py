@@ -13,7 +13,7 @@ from pipeline.config import load_params
 from tests.conftest import ROOT, dvc_project
 
 BIN = Path(sys.executable).parent
-STAGE_NAMES = ("download", "preprocess", "tune", "train", "evaluate", "register")
+STAGE_NAMES = ("download", "preprocess", "tune", "train", "export", "evaluate", "register")
 
 
 def _exp_rows(rows):
@@ -86,10 +86,15 @@ def test_dvc_repro_runs_the_whole_dag_reruns_only_what_changed_and_runs_experime
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     first = _run(["dvc", "repro"], repo)
     assert first.returncode == 0, first.stdout + first.stderr
-    for stage in ("tune", "train", "evaluate", "register"):
+    for stage in ("tune", "train", "export", "evaluate", "register"):
         assert f"Running stage '{stage}'" in first.stdout
     assert (repo / "reports/tuning/best_hparams.json").is_file()
     assert (repo / "models/saved_model").is_dir() and (repo / "reports/report.html").is_file()
+    exported = json.loads((repo / "reports/export.json").read_text())["formats"]
+    assert {f: (repo / row["file"]).is_file() for f, row in exported.items()} == {
+        "onnx": True,
+        "litert": True,
+    }
     with open(repo / "reports/registry.json") as fh:
         assert json.load(fh)["decision"] == "champion"
     shown = _run(["dvc", "metrics", "show"], repo)
@@ -108,13 +113,13 @@ def test_dvc_repro_runs_the_whole_dag_reruns_only_what_changed_and_runs_experime
     again = _run(["dvc", "repro"], repo)
     assert again.returncode == 0 and "Running stage" not in again.stdout
 
-    # train.epochs reruns only what depends on it: train, evaluate, register.
+    # train.epochs reruns only what depends on it: train, export, evaluate, register.
     params["train"]["epochs"] = 3
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     epochs = _run(["dvc", "repro"], repo)
     assert epochs.returncode == 0, epochs.stdout + epochs.stderr
     ran = {s for s in STAGE_NAMES if f"Running stage '{s}'" in epochs.stdout}
-    assert ran == {"train", "evaluate", "register"}
+    assert ran == {"train", "export", "evaluate", "register"}
 
     # A DVC experiment with a changed param, listed with its metrics by `dvc exp show`.
     for cmd in (

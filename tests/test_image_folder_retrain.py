@@ -15,7 +15,7 @@ from tests.conftest import dvc_project
 from tests.test_retrain import git_dvc_env, retrain
 from tests.tune_helpers import write_space
 
-STAGES = ("download", "preprocess", "tune", "train", "evaluate", "register")
+STAGES = ("download", "preprocess", "tune", "train", "export", "evaluate", "register")
 
 
 def add_images(folder, per_class: int, start: int, seed: int) -> None:

@@ -1,7 +1,8 @@
 """Loading models safely, and writing/reading the registered model's MLflow layout.
 
 A registered version is the pyfunc model ``classifier/`` of a run: ``MLmodel``, the code
-file ``pyfunc_model.py`` and ``artifacts/{model.keras,class_names.json}``. The same run
+file ``pyfunc_model.py`` and ``artifacts/{model.keras,class_names.json}``, with
+``model.onnx`` and ``model.tflite`` beside them when the export stage wrote them. The same run
 also holds ``keras_model/``, the model in MLflow's Keras flavour. Keras files are always
 loaded with ``safe_mode=True`` (no Python lambdas or pickled code) and ``compile=False``.
 """
@@ -79,9 +80,12 @@ def pip_requirements() -> list[str]:
 
 
 def save_models(
-    model_file: Path, class_names: list[str], example: np.ndarray, out: Path
+    model_file: Path, class_names: list[str], example: np.ndarray, out: Path, exported=()
 ) -> tuple[Path, Path]:
     """Write the pyfunc and Keras-flavour models into ``out``; return both folders.
+
+    ``exported``: the export stage's files (``model.onnx``, ``model.tflite``), stored among
+    the pyfunc's artifacts, so they download with the registered version.
 
     Both take uint8 pixels, as the splits store them (``example``: a few of them). Over
     HTTP, MLflow casts JSON numbers to uint8 and refuses any outside 0-255; in-process
@@ -103,7 +107,11 @@ def save_models(
         mlflow.pyfunc.save_model(
             path=str(pyfunc_dir),
             python_model=str(PYFUNC_CODE),
-            artifacts={"keras_model": str(model_file), "class_names": str(names)},
+            artifacts={
+                "keras_model": str(model_file),
+                "class_names": str(names),
+                **{f"exported_{Path(f).suffix.lstrip('.')}": str(f) for f in exported},
+            },
             signature=signature,
             input_example=example,
             pip_requirements=pip_requirements(),

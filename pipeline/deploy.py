@@ -1,0 +1,151 @@
+"""Deployment files: the Keras model as ONNX and LiteRT (``.tflite``), and reading them back.
+
+Both are written by Keras' own ``model.export`` (TensorFlow backend: ``tf2onnx`` for ONNX,
+TensorFlow's TFLite converter for LiteRT), atomically. They take what the ``.keras`` model
+takes, float32 ``(N, H, W, C)`` 0-255 pixels (the rescaling is inside), and give the same
+softmax. ``Exported`` wraps onnxruntime or the LiteRT interpreter in the few members
+the pipeline uses of a Keras model (``input_shape``, ``output_shape``, ``predict``), so
+predict runs an exported file as it runs a ``.keras`` one.
+"""
+
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import atomic
+from pipeline.errors import DataError, PipelineError
+
+# format -> file suffix; the format names are Keras' ``model.export(format=...)``.
+FORMATS = {"onnx": ".onnx", "litert": ".tflite"}
+SUFFIXES = {suffix: fmt for fmt, suffix in FORMATS.items()}
+
+
+def is_exported(path: Path) -> bool:
+    """Whether ``path`` names an ONNX or LiteRT file (by its suffix)."""
+    return Path(path).suffix.lower() in SUFFIXES
+
+
+def export_model(model, path: Path, fmt: str, check: Callable[[Path], None] | None = None):
+    """``model.export(format=fmt)`` to a temp file beside ``path``, then renamed over it.
+
+    ``check(file)`` runs on the finished temp file before the rename: when it raises, the
+    file at ``path`` is left as it was.
+    """
+    import keras
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; known: {sorted(FORMATS)}")
+    if keras.backend.backend() != "tensorflow":
+        raise PipelineError(
+            f"{fmt} export needs the TensorFlow backend (tf2onnx and TensorFlow's TFLite "
+            f"converter), not {keras.backend.backend()}; run it with KERAS_BACKEND=tensorflow"
+        )
+
+    def writer(tmp: Path) -> None:
+        named = tmp.with_name(tmp.name + FORMATS[fmt])  # the LiteRT exporter wants the suffix
+        try:
+            with warnings.catch_warnings():
+                # Keras' tf2onnx patch probes the removed ``np.object``: a FutureWarning.
+                warnings.simplefilter("ignore", FutureWarning)
+                model.export(str(named), format=fmt, verbose=False)
+            if check is not None:
+                check(named)
+            os.replace(named, tmp)
+        finally:
+            named.unlink(missing_ok=True)
+
+    atomic.write_with(Path(path), writer)
+
+
+class Exported:
+    """An ONNX or LiteRT file behind the part of the Keras model API the pipeline uses.
+
+    DataError when the file is missing or neither runtime can read it.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.format = SUFFIXES.get(self.path.suffix.lower())
+        if self.format is None:
+            raise DataError(f"{path}: not an exported model (expected {', '.join(SUFFIXES)})")
+        if not self.path.is_file():
+            raise DataError(f"{path}: missing; run `python -m pipeline export` first")
+        try:
+            shapes = self._open_onnx() if self.format == "onnx" else self._open_litert()
+        except Exception as exc:  # noqa: BLE001 - both runtimes raise many types on a bad file
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise DataError(f"{path}: cannot load the {self.format} model ({first})") from None
+        self.input_shape, self.output_shape = shapes
+        if len(self.input_shape) != 4 or len(self.output_shape) != 2:
+            raise DataError(
+                f"{path}: input {self.input_shape}, output {self.output_shape}; expected "
+                "(N, H, W, C) images in and (N, classes) probabilities out"
+            )
+
+    def _open_onnx(self):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only
+        self._session = onnxruntime.InferenceSession(
+            str(self.path), options, providers=["CPUExecutionProvider"]
+        )
+        (inp,), (out,) = self._session.get_inputs(), self._session.get_outputs()
+        self._input_name = inp.name
+        return _shape(inp.shape), _shape(out.shape)
+
+    def _open_litert(self):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:  # TensorFlow's own copy (deprecated there, still in 2.21)
+            import tensorflow as tf
+
+            Interpreter = tf.lite.Interpreter  # noqa: N806 - a class
+        with warnings.catch_warnings():
+            # TensorFlow's copy warns that it moves to ai-edge-litert: the fallback knows.
+            warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter")
+            self._interpreter = Interpreter(model_path=str(self.path))
+        (inp,), (out,) = (
+            self._interpreter.get_input_details(),
+            self._interpreter.get_output_details(),
+        )
+        self._input, self._output, self._batch = inp["index"], out["index"], None
+        return _shape(inp["shape_signature"]), _shape(out["shape_signature"])
+
+    def predict(self, x, batch_size: int = 256, verbose=0) -> np.ndarray:
+        """Softmax outputs for float32 pixels ``x`` (an array, or batches as Keras takes)."""
+        if not isinstance(x, np.ndarray):  # a loader.Batches: (images,) per item
+            parts = [self.predict(x[i][0], batch_size) for i in range(len(x))]
+            return np.concatenate(parts) if parts else np.zeros((0, self.output_shape[1]))
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        parts = [self._run(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.output_shape[1]), np.float32)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        if self.format == "onnx":
+            return self._session.run(None, {self._input_name: x})[0]
+        if self._batch != len(x):  # the file's batch is 1; resized per batch size
+            self._interpreter.resize_tensor_input(self._input, list(x.shape))
+            self._interpreter.allocate_tensors()
+            self._batch = len(x)
+        self._interpreter.set_tensor(self._input, x)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output).copy()
+
+
+def _shape(dims) -> tuple:
+    """``(None, 8, 8, 1)`` from ONNX's ``['unk__13', 8, 8, 1]`` or LiteRT's ``[-1, 8, 8, 1]``."""
+    return tuple(int(d) if isinstance(d, int | np.integer) and d >= 0 else None for d in dims)
+
+
+def agreement(reference: np.ndarray, probs: np.ndarray) -> dict:
+    """How closely ``probs`` follow ``reference``: top-1 agreement and largest difference."""
+    reference, probs = np.asarray(reference), np.asarray(probs)
+    if reference.shape != probs.shape:
+        raise PipelineError(f"exported output shape {probs.shape}, Keras' {reference.shape}")
+    same = float(np.mean(reference.argmax(axis=1) == probs.argmax(axis=1))) if len(probs) else 1.0
+    diff = float(np.max(np.abs(reference - probs))) if probs.size else 0.0
+    return {"top1_agreement": same, "max_abs_diff": diff}

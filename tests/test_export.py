@@ -1,0 +1,192 @@
+"""export: ONNX and LiteRT files that predict as the Keras model does, on real digits data.
+
+Tiny models trained for a few epochs on the digits split (no tuning): a plain CNN, a
+two-member ensemble and a test-time-flips model, each exported to both formats and read
+back by onnxruntime and the LiteRT interpreter.
+"""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import deploy, export, predict, register
+from pipeline.errors import DataError, PipelineError
+from pipeline.model_input import pixel_inputs
+from pipeline.training import ensemble, flips
+from tests import test_register, test_transfer
+from tests.test_register import CLASSES, registry_state, write_candidate
+
+# Fixtures shared with other modules: digits downloaded and preprocessed once (module
+# scope); a project with processed gate/test splits and a SQLite MLflow store.
+digits = test_transfer.digits
+reg_project = test_register.reg_project
+
+MIN_AGREEMENT = 0.999  # top-1 the same on at least this share of the test images
+TOLERANCE = 1e-4  # largest difference of one class probability
+
+
+def _split(root, name):
+    from pipeline.data.splits import load_split
+
+    split = load_split(name, root / "data" / "processed")
+    return split[:].astype(np.float32), np.asarray(split.y)
+
+
+def _tiny_cnn(seed: int):
+    """Conv, batch norm, pooling, softmax: the layer kinds the families use, in small."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs, x = pixel_inputs((8, 8, 1))
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(10, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    """``{kind: model}`` for plain, ensemble (two members) and flips, trained on digits."""
+    x, y = _split(digits, "train")
+    members = []
+    for seed in (1, 2, 3):
+        model = _tiny_cnn(seed)
+        model.fit(x, y, epochs=12, batch_size=32, verbose=0)
+        members.append(model)
+    models = {
+        "plain": members[0],
+        "ensemble": ensemble.combine(members[:2]),
+        "flips": flips.with_flips(members[2]),
+    }
+    assert ensemble.members_of(models["ensemble"]) == 2 and flips.has_flips(models["flips"])
+    return models
+
+
+@pytest.mark.parametrize("kind", ["plain", "ensemble", "flips"])
+def test_onnx_and_litert_predict_as_keras_on_the_digits_test_split(kind, trained, digits, tmp_path):
+    model = trained[kind]
+    x_val, _ = _split(digits, "val")
+    x_test, y_test = _split(digits, "test")
+    files = {"onnx": tmp_path / "model.onnx", "litert": tmp_path / "model.tflite"}
+    report = export.export_all(model, x_val, files)
+
+    reference = model.predict(x_test, verbose=0)
+    assert np.mean(reference.argmax(1) == y_test) > 0.8  # a real classifier, not ties
+    for fmt, path in files.items():
+        row = report["formats"][fmt]
+        assert row["bytes"] == path.stat().st_size > 0 and row["file"] == str(path)
+        assert row["top1_agreement"] >= MIN_AGREEMENT and row["max_abs_diff"] <= TOLERANCE
+        exported = deploy.Exported(path)
+        assert exported.input_shape == (None, 8, 8, 1) and exported.output_shape == (None, 10)
+        probs = exported.predict(x_test, batch_size=100)  # a last batch of another size
+        assert probs.shape == reference.shape
+        assert np.mean(probs.argmax(1) == reference.argmax(1)) >= MIN_AGREEMENT, fmt
+        assert np.max(np.abs(probs - reference)) <= TOLERANCE, fmt
+    assert report["checked_images"] == len(x_val)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.tflite"]
+
+
+def test_export_stage_writes_checked_files_and_predict_runs_them_as_keras(
+    digits, trained, project, capsys
+):
+    root = project.path
+    shutil.copytree(digits / "data", root / "data")
+    (root / "models").mkdir()
+    trained["plain"].save(root / "models" / "model.keras")
+    assert export.main([]) == 0
+    report = json.loads((root / "reports" / "export.json").read_text())
+    from pipeline.fileio import sha256_of
+
+    assert report["model_sha256"] == sha256_of(root / "models" / "model.keras")
+    assert set(report["formats"]) == {"onnx", "litert"}
+    assert "export: models/model.onnx (onnx" in capsys.readouterr().err
+
+    x_test, _ = _split(root, "test")
+    np.save(root / "batch.npy", x_test[:50].astype(np.uint8))
+    outputs = {}
+    for name in ("model.keras", "model.onnx", "model.tflite"):
+        model = str(root / "models" / name)
+        assert predict.main(["--model", model, "--json", "--top-k", "3", "batch.npy"]) == 0
+        outputs[name] = json.loads(capsys.readouterr().out)
+    keras_out = outputs.pop("model.keras")
+    for name, out in outputs.items():
+        assert out["model"].endswith(name) and out["errors"] == []
+        pairs = zip(out["predictions"], keras_out["predictions"], strict=True)
+        for got, want in pairs:
+            assert got["input"] == want["input"]
+            assert [t["label"] for t in got["top"][:1]] == [t["label"] for t in want["top"][:1]]
+            for g, w in zip(got["top"], want["top"], strict=True):
+                assert g["probability"] == pytest.approx(w["probability"], abs=TOLERANCE)
+
+
+def test_without_ai_edge_litert_tensorflows_own_interpreter_runs_the_tflite_file(
+    digits, trained, tmp_path, monkeypatch
+):
+    x_test, _ = _split(digits, "test")
+    path = tmp_path / "model.tflite"
+    deploy.export_model(trained["flips"], path, "litert")
+    with_litert = deploy.Exported(path).predict(x_test)
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # import fails
+    fallback = deploy.Exported(path)
+    assert type(fallback._interpreter).__module__.startswith("tensorflow.")
+    np.testing.assert_allclose(fallback.predict(x_test), with_litert, atol=1e-6)
+
+
+def test_an_export_that_disagrees_with_keras_is_not_written(digits, trained, tmp_path, monkeypatch):
+    x_val, _ = _split(digits, "val")
+    before = tmp_path / "model.onnx"
+    before.write_bytes(b"the previous export")
+    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # nothing can agree this closely
+    with pytest.raises(PipelineError, match=r"the onnx model disagrees .* not written"):
+        export.export_all(trained["plain"], x_val[:20], {"onnx": before})
+    assert before.read_bytes() == b"the previous export"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no temp file left
+
+
+def test_an_unreadable_exported_file_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not a protobuf")
+    with pytest.raises(DataError, match=r"model.onnx: cannot load the onnx model"):
+        deploy.Exported(bad)
+    with pytest.raises(DataError, match=r"missing; run `python -m pipeline export`"):
+        deploy.Exported(tmp_path / "model.tflite")
+
+
+def test_register_stores_both_exported_files_with_the_model_version(reg_project):
+    root = reg_project.path
+    write_candidate(root, "good")
+    from pipeline.fileio import sha256_of
+    from pipeline.registry import models
+
+    model = models.load_keras(root / "models" / "model.keras")
+    x_gate = np.load(root / "data" / "processed" / "gate_x.npy").astype(np.float32)
+    files = {"onnx": root / "models/model.onnx", "litert": root / "models/model.tflite"}
+    report = export.export_all(model, x_gate, files)
+    report["model_sha256"] = sha256_of(root / "models" / "model.keras")
+    (root / "reports" / "export.json").write_text(json.dumps(report))
+
+    assert register.main([]) == 0
+    client, versions, _ = registry_state(root)
+    assert versions == [1]
+    version = client.get_model_version("digits-classifier", "1")
+    assert version.tags["exported"] == "model.onnx,model.tflite"
+    with models.temp_dir("test-") as tmp:
+        local = models.download_version(client, "digits-classifier", "1", Path(tmp))
+        stored = {p.name: p for p in local.folder.rglob("*") if p.suffix in (".onnx", ".tflite")}
+        assert set(stored) == {"model.onnx", "model.tflite"}
+        for name, path in stored.items():
+            assert path.read_bytes() == (root / "models" / name).read_bytes()
+        assert local.class_names == CLASSES
+
+    # A newer model.keras without a fresh export: its version gets none of the old files.
+    write_candidate(root, "medium")
+    assert register.main([]) == 0
+    assert client.get_model_version("digits-classifier", "2").tags["exported"] == "none"
