@@ -67,6 +67,22 @@ def prepare(workdir: Path, dataset: str, store: list[str]) -> None:
         subprocess.run(cmd, cwd=workdir, env=child_env(), check=True, stdout=sys.stderr)
 
 
+def run_measured(cmd: list, cwd: Path, env: dict, stdout=None) -> float:
+    """Run ``cmd`` as ``subprocess.run(check=True)`` does; its peak RSS in MB: ``wait4``'s
+    ``ru_maxrss``, the largest of the process and the children it waited for."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=stdout)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:  # interrupted: leave no side running behind the bench
+        proc.kill()
+        proc.wait()
+        raise
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise subprocess.CalledProcessError(code, cmd)
+    return usage.ru_maxrss / 1024
+
+
 def time_to_target(epochs: list, target: float) -> float | None:
     """Seconds until an epoch's val_accuracy first reached ``target``; None if none did."""
     hits = [t for t, _, val in epochs if val is not None and val >= target]

@@ -4,7 +4,8 @@ Run from the repository root (each side takes the budget, plus set-up and scorin
 
     .venv/bin/python bench/peers.py --setup        # once: bench/.venv-peers with AutoKeras
     .venv/bin/python bench/peers.py [--budget-minutes 15 --dataset fashion_mnist]
-                                    [--sides ours,keras_tuner,autokeras] [--json FILE]
+                                    [--image-folder DIR] [--sides ours,keras_tuner,autokeras]
+                                    [--json FILE]
 
 In a temp project folder (or ``--workdir``) it prepares the dataset once through the
 project's own download and preprocess stages, then runs the sides one after the other,
@@ -27,7 +28,10 @@ each in processes of its own, on the same splits and the same budget B:
 
 Every time is in seconds from the launch of the side's first process. Prints per side:
 test accuracy, best val_accuracy (of the model scored), the time an epoch first reached
-``--target`` val_accuracy, the wall time used, trials and epochs; and the machine. A side
+``--target`` val_accuracy, the wall time used, trials and epochs; and the machine. The JSON
+also has each side's test macro F1 (scored by the evaluate stage's function) and the peak
+RSS of its processes. ``--image-folder`` runs on a folder of class folders (the project's
+``image_folder`` dataset) instead of ``--dataset``. A side
 that cannot run (no ``bench/.venv-peers``) is reported as not run; one that crashes is
 reported as failed and the others still run. Exit code 0 unless a side crashed.
 """
@@ -50,6 +54,7 @@ from bench import common  # noqa: E402 - after the path entry that finds it
 SIDES = ("ours", "keras_tuner", "autokeras")
 # 0.90 on Fashion-MNIST: a whole run's final model, not a search's short trials.
 TARGETS = {**common.TARGETS, "fashion_mnist": 0.90}
+IMAGE_FOLDER_TARGET = 0.90
 MAX_TRIALS = 1000  # high enough that the budget, not the trial count, ends the peers' searches
 PEERS_VENV = ROOT / "bench" / ".venv-peers"
 PEERS_REQUIREMENTS = ROOT / "bench" / "peers-requirements.txt"
@@ -64,6 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--dataset", default="fashion_mnist", choices=sorted(TARGETS), help="(%(default)s)")
+    add("--image-folder", type=Path, default=None, help="a folder of class folders instead")
     add("--budget-minutes", type=float, default=15.0, help="B, each side (%(default)s)")
     add("--sides", default=",".join(SIDES), help="comma-separated, run in this order")
     add("--target", type=float, default=None, help="val_accuracy (default: per dataset)")
@@ -81,8 +87,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = sorted(set(args.sides) - set(SIDES))
     if unknown or not args.sides:
         parser.error(f"--sides: {', '.join(unknown) or 'none given'}; choose from {SIDES}")
+    if args.image_folder is not None:  # the project's image_folder dataset reads it
+        args.dataset = "image_folder"
     if args.target is None:
-        args.target = TARGETS[args.dataset]
+        args.target = TARGETS.get(args.dataset, IMAGE_FOLDER_TARGET)
     if args.seed is None:
         args.seed = common.shipped_params()["tune"]["seed"]
     return args
@@ -93,6 +101,8 @@ def write_project(workdir: Path, args: argparse.Namespace) -> Path:
     """The shipped params.yaml with budget B (no reserve), a fresh search, the dataset."""
     params = common.shipped_params()
     params["data"]["dataset"] = args.dataset
+    if args.image_folder is not None:
+        params["data"]["image_folder"] = str(args.image_folder.resolve())
     params["tune"].update(resume=False, seed=args.seed)
     params["train"]["seed"] = args.seed
     params["budget"].update(mode="time", minutes=args.budget_minutes, reserve_minutes=0)
@@ -139,9 +149,11 @@ def run_side(workdir: Path, side: str, args: argparse.Namespace) -> dict:
     out = workdir / f"{side}-result.json"
     out.unlink(missing_ok=True)
     env, log = common.child_env(), sys.stderr
+    peak_rss_mb = 0.0
 
     def call(cmd: list) -> None:
-        subprocess.run(cmd, cwd=workdir, env=env, check=True, stdout=log)
+        nonlocal peak_rss_mb
+        peak_rss_mb = max(peak_rss_mb, common.run_measured(cmd, workdir, env, stdout=log))
 
     if side == "autokeras":
         budget_s = args.budget_minutes * 60
@@ -155,10 +167,14 @@ def run_side(workdir: Path, side: str, args: argparse.Namespace) -> dict:
         call([sys.executable, "-m", "pipeline", "train"])
         ended = time.time()
         call([sys.executable, "-m", "pipeline", "evaluate"])  # outside B
-        call(worker(workdir, "ours-read"))
+        # The bench's own reading of the stages' outputs: not the side's memory.
+        subprocess.run(worker(workdir, "ours-read"), cwd=workdir, env=env, check=True, stdout=log)
     else:
         call(cmd if side == "autokeras" else worker(workdir, side))
     result = json.loads(out.read_text())
+    predictions = result.pop("test_predictions", None)
+    if predictions is not None:  # the peers: scored as the evaluate stage scores ours
+        result["test_macro_f1"] = macro_f1_on_test(workdir, predictions)
     # The peers' processes go on to score their model on the test split; B ends before.
     end = ended if side == "ours" else result["search_end"]
     epochs = [(t - launched, trial, val) for t, trial, val in result.pop("epochs")]
@@ -170,8 +186,23 @@ def run_side(workdir: Path, side: str, args: argparse.Namespace) -> dict:
         epoch_times_s=epochs,
         epochs_trained=len(epochs),
         time_to_target_s=common.time_to_target(epochs, args.target),
+        peak_rss_mb=peak_rss_mb,
     )
     return result
+
+
+def macro_f1_on_test(workdir: Path, predictions: list[int]) -> float:
+    """Macro F1 of a side's test-split predictions, by the evaluate stage's own function."""
+    import numpy as np
+
+    from pipeline import paths
+    from pipeline.data.splits import load_meta, load_split
+    from pipeline.reports.metrics import classification_metrics
+
+    folder = workdir / paths.PROCESSED
+    names = load_meta(folder)["class_names"]
+    found = classification_metrics(load_split("test", folder).y, np.asarray(predictions), names)
+    return found["macro_f1"]
 
 
 # -- in a side's own process ------------------------------------------------------------------
@@ -256,9 +287,8 @@ def keras_tuner_worker(workdir: Path) -> dict:
         model = tuner.get_best_models(1)[0]
         final["best_val"] = float(best.score)
     train_end = time.time()
-    scores = model.evaluate(
-        x_test, y_test, batch_size=train.batch_size, verbose=0, return_dict=True
-    )
+    probabilities = model.predict(x_test, batch_size=train.batch_size, verbose=0)
+    predictions = probabilities.argmax(axis=-1)
     return {
         "budget_start": budget_start,
         "search_end": train_end,
@@ -266,7 +296,8 @@ def keras_tuner_worker(workdir: Path) -> dict:
         "best_trial": best.trial_id,
         "best_family": best.hyperparameters.values.get("family"),
         "best_val_accuracy": float(final.pop("best_val")),
-        "test_accuracy": float(scores["accuracy"]),
+        "test_accuracy": float((predictions == y_test).mean()),
+        "test_predictions": predictions.tolist(),
         **final,
         "images": [len(splits.train), len(splits.val), len(y_test)],
         "data_sha256": data_digest(x_train, splits.train.y, x_val, splits.val.y, x_test, y_test),
@@ -302,6 +333,7 @@ def ours_read_worker(workdir: Path) -> dict:
         "best_family": info.get("family"),
         "best_val_accuracy": float(info["val_accuracy"]),
         "test_accuracy": float(metrics["accuracy"]),
+        "test_macro_f1": float(metrics["macro_f1"]),
         "final_epochs": int(info["epochs_run"]),
         "final_trained": True,
         "fit_on_val": bool(info.get("fit_on_val")),
