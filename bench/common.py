@@ -232,10 +232,10 @@ def device_name() -> str:
     """Backend and GPU model(s), or the CPU's model and core count."""
     import keras
 
-    from pipeline.tuning.session import gpu_count
+    from pipeline.runtime import gpu_count
 
     backend = keras.backend.backend()
-    if gpu_count():
+    if gpu_count(keras_backend=True):
         if backend == "jax":
             import jax
 

@@ -64,7 +64,7 @@ def train_one(space, space_file, splits, epochs: int, seed: int, config: int, au
 
     from pipeline.data.loader import fit_inputs
     from pipeline.data.splits import steps_per_epoch
-    from pipeline.training.run import rebuild_tuned
+    from pipeline.training.build import rebuild_tuned
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)

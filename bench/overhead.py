@@ -164,6 +164,7 @@ class Bench:
     def __init__(self, workdir: Path, params_file: Path, args: argparse.Namespace):
         import keras
 
+        from pipeline import runtime
         from pipeline.config import load_params
         from pipeline.data.splits import load_splits, steps_per_epoch
         from pipeline.search import load_search_space
@@ -177,7 +178,7 @@ class Bench:
         # The baseline's numpy arrays: the same uint8 images, read whole (Fashion-MNIST is small).
         train, val = self.splits.train, self.splits.val
         self.arrays = (train[:], train.y, val[:], val.y)
-        self.gpus = sessions.gpu_count()
+        self.gpus = runtime.gpu_count(keras_backend=True)
         self.mixed = sessions.resolve_switch(tune.mixed_precision, auto=self.gpus > 0)
         self.policy = "mixed_float16" if self.mixed else "float32"
         jit = "auto" if tune.jit_compile == "auto" else bool(tune.jit_compile)

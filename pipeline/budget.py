@@ -30,21 +30,10 @@ SAME_RUN_GAP_S = 120.0
 # finishing (reports/budget.json's finish_seconds); with 10 s, the slow tune+train test
 # once ended 7 s past its deadline on a machine shared with other jobs.
 FINISH_S = 20.0
-# In a skipped trial's message: the search skips (and does not count as a failure) a
-# configuration whose final training could not fit budget.min_final_epochs epochs.
-SKIPPED_MARK = "too slow for the budget"
-
-# Batches a trial times (after two for tracing) before it estimates its epoch time.
-PROBE_BATCHES = 5
 # steady_sum: at most this many batches of an epoch (or a probe) count as compile stalls,
 # and only those slower than this many times the median batch.
 MAX_STALLS = 2
 STALL_FACTOR = 10.0
-
-
-def was_skipped(trial) -> bool:
-    """Whether a Keras Tuner trial ended as skipped for cost (its message says so)."""
-    return SKIPPED_MARK in (getattr(trial, "message", None) or "")
 
 
 def run_seconds(budget: BudgetParams) -> float:
@@ -182,32 +171,6 @@ def steady_sum(values: list[float]) -> float:
         if ordered[-i] > STALL_FACTOR * median:
             ordered[-i] = median
     return float(sum(ordered))
-
-
-def too_slow(
-    batch_seconds: list[float],
-    batch_size: int,
-    final_samples: int,
-    final_seconds: float | None,
-    min_epochs: int,
-) -> str | None:
-    """Why a configuration is too slow for the budget, or None when it fits.
-
-    Its final training's epoch over ``final_samples`` images is estimated from the mean
-    of the timed batches without compile stalls (``steady_sum``; the validation pass adds
-    about a tenth); it must fit ``min_epochs`` epochs in ``final_seconds``.
-    """
-    if final_seconds is None or not batch_seconds or final_samples <= 0:
-        return None
-    per_sample = steady_sum(batch_seconds) / len(batch_seconds) / max(1, batch_size)
-    epoch_s = per_sample * final_samples * 1.1
-    if epoch_s * min_epochs <= final_seconds:
-        return None
-    return (
-        f"{SKIPPED_MARK}: its final training would take ~{epoch_s:.0f}s per epoch on "
-        f"{final_samples} images; {min_epochs} epochs do not fit the "
-        f"{final_seconds:.0f}s left for it (budget.min_final_epochs)"
-    )
 
 
 def next_epoch_fits(now: float, deadline: float, epoch_times: list[float]) -> bool:

@@ -5,16 +5,8 @@ import os
 import time
 
 import keras
-import keras_tuner
 
-from pipeline.budget import (
-    PROBE_BATCHES,
-    SLOW_EPOCH_ENV,
-    next_epoch_fits,
-    steady_sum,
-    too_slow,
-    typical_epoch,
-)
+from pipeline.budget import SLOW_EPOCH_ENV, next_epoch_fits, steady_sum, typical_epoch
 from pipeline.errors import ConfigError
 
 
@@ -97,48 +89,6 @@ def _lap(laps: list[float], last: float) -> float:
     now = time.monotonic()
     laps.append(now - last)
     return now
-
-
-class TooSlowForBudget(keras_tuner.errors.FailedTrialError):
-    """A trial's configuration cannot train its final model in the budget: skipped (not
-    retried, and not counted as a failure)."""
-
-
-class CostProbe(keras.callbacks.Callback):
-    """Times a trial's first batches and stops it at once when its final training would
-    not fit ``min_epochs`` epochs in ``final_seconds`` (``budget.too_slow``).
-
-    The first two batches (tracing, compiling) are not timed; the next ``PROBE_BATCHES``
-    are, end to end (data loading included). Costs nothing when the configuration fits.
-    """
-
-    def __init__(self, batch_size: int, final_samples: int, final_seconds, min_epochs: int):
-        super().__init__()
-        self.batch_size, self.final_samples = batch_size, final_samples
-        self.final_seconds, self.min_epochs = final_seconds, min_epochs
-        self.batch_seconds: list[float] = []
-        self._last = None
-        self._done = final_seconds is None
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self._done:
-            return
-        now = time.monotonic()
-        if batch >= 2 and self._last is not None:
-            self.batch_seconds.append(now - self._last)
-        self._last = now
-        if len(self.batch_seconds) < PROBE_BATCHES:
-            return
-        self._done = True
-        reason = too_slow(
-            self.batch_seconds,
-            self.batch_size,
-            self.final_samples,
-            self.final_seconds,
-            self.min_epochs,
-        )
-        if reason is not None:
-            raise TooSlowForBudget(reason)
 
 
 class BudgetCosine(keras.callbacks.Callback):

@@ -116,11 +116,8 @@ def baseline_record(info: dict, metrics: dict) -> dict:
 def _existing_run(client, run_id, exp_id: str):
     if not run_id:
         return None
-    try:
-        run = client.get_run(run_id)
-    except Exception:  # MlflowException RESOURCE_DOES_NOT_EXIST, or another store's id
-        return None
-    if run.info.lifecycle_stage != "active" or run.info.experiment_id != exp_id:
+    run = tracking.find_run(client, run_id)
+    if run is None or run.info.lifecycle_stage != "active" or run.info.experiment_id != exp_id:
         return None
     return run
 

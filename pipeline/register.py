@@ -12,6 +12,7 @@ metrics register nothing.
 
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,21 @@ def read_model_info(path: Path = paths.MODEL_INFO) -> dict:
     return info
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """The trained model, checked against the prepared data and scored on the gate split."""
+
+    info: dict  # model_info.json ({} when missing)
+    class_names: list[str]
+    x_gate: object  # the gate split (its images stream from disk)
+    correct: np.ndarray  # per gate image: whether the candidate is right
+    gate_accuracy: float
+    test_accuracy: float
+    model_sha: str
+    data_sha: str
+    meta_file: Path
+
+
 def main(argv=None) -> int:
     """Score candidate and champion on the gate split, gate, register, write registry.json."""
     args = stage_parser("register").parse_args(argv)
@@ -64,6 +80,46 @@ def main(argv=None) -> int:
     name = model_name(params)
 
     # Everything that can refuse the stage comes before MLflow is touched.
+    cand = check_candidate()
+
+    uri = tracking.tracking_uri(params.mlflow.tracking_uri)
+    client, exp_id = tracking.open_experiment(uri, tracking.experiment_name(params))
+    ensure_registered_model(client, name)
+    champion = models.get_alias(client, name, CHAMPION)
+    existing = same_model_version(client, name, cand.model_sha)
+    champion_version = str(champion.version) if champion else None
+
+    record = _registry_record(name, cand, existing, reg)
+    decision, record["champion_before"] = judge(
+        client, name, cand, champion_version, existing, reg.min_delta, reg.significance
+    )
+    if decision.mcnemar is not None:
+        record["mcnemar"] = decision.mcnemar.as_dict()
+
+    if existing is None:
+        version, run_id = log_and_register(
+            client, exp_id, name, cand.info, cand.meta_file, cand.class_names, cand.x_gate,
+            cand.model_sha, cand.data_sha,
+            {"gate": cand.gate_accuracy, "test": cand.test_accuracy}, decision,
+        )  # fmt: skip
+        record["candidate"].update(version=version, run_id=run_id)
+    else:
+        version = str(existing.version)
+    alias = move_aliases(client, name, version, decision.promote, champion_version)
+    record["decision"] = alias
+    record["reason"] = decision.reason
+    after = version if decision.promote else champion_version
+    record["champion_after"] = {"version": after}
+    atomic.write_json(paths.REGISTRY, record)
+    promoted = decision.promote and champion_version != version
+    verdict = "promoted" if promoted else "kept" if decision.promote else "not promoted"
+    log(f"register: {name} version {version} -> @{alias}; {verdict}: {decision.reason}")
+    return 0
+
+
+def check_candidate() -> Candidate:
+    """Read the metrics, model_info.json, the gate split and ``models/model.keras``, check
+    that they agree (DataError otherwise), and score the model on the gate split."""
     metrics = read_metrics()
     info = read_model_info()
     meta = load_meta()
@@ -74,7 +130,6 @@ def main(argv=None) -> int:
             "params changed) or `python -m pipeline preprocess`"
         )
     x_gate = load_split(GATE_SPLIT)  # images stay on disk; scoring streams them
-    y_gate = x_gate.y
     class_names = [str(c) for c in meta["class_names"]]
     if info.get("class_names") is not None and list(info["class_names"]) != class_names:
         raise DataError(
@@ -93,72 +148,84 @@ def main(argv=None) -> int:
         raise DataError(
             f"{paths.MODEL}: {probs.shape[1]} outputs for {len(class_names)} classes; rerun train"
         )
-    cand_correct = probs.argmax(axis=1) == y_gate
-    cand_acc = float(cand_correct.mean())
-    test_acc = float(metrics["accuracy"])
-    model_sha = sha256_of(paths.MODEL)
+    correct = probs.argmax(axis=1) == x_gate.y
     meta_file = paths.PROCESSED / paths.META_FILE
-    data_sha = tracking.data_tags(meta_file)["data.sha256"]
+    return Candidate(
+        info=info,
+        class_names=class_names,
+        x_gate=x_gate,
+        correct=correct,
+        gate_accuracy=float(correct.mean()),
+        test_accuracy=float(metrics["accuracy"]),
+        model_sha=sha256_of(paths.MODEL),
+        data_sha=tracking.data_tags(meta_file)["data.sha256"],
+        meta_file=meta_file,
+    )
 
-    uri = tracking.tracking_uri(params.mlflow.tracking_uri)
-    client, exp_id = tracking.open_experiment(uri, tracking.experiment_name(params))
-    ensure_registered_model(client, name)
-    champion = models.get_alias(client, name, CHAMPION)
-    existing = same_model_version(client, name, model_sha)
-    champion_version = str(champion.version) if champion else None
 
-    record = {
+def _registry_record(name: str, cand: Candidate, existing, reg) -> dict:
+    """``reports/registry.json`` before the decision: the candidate and the gate's settings."""
+    return {
         "decision": None,
         "reason": None,
         "model_name": name,
         "candidate": {
             "version": str(existing.version) if existing else None,
-            "gate_accuracy": cand_acc,
-            "test_accuracy": test_acc,
-            "model_sha256": model_sha,
+            "gate_accuracy": cand.gate_accuracy,
+            "test_accuracy": cand.test_accuracy,
+            "model_sha256": cand.model_sha,
             "run_id": existing.run_id if existing else None,
             "new_version": existing is None,
         },
         "champion_before": None,
         "champion_after": None,
         "gate_split": GATE_SPLIT,
-        "num_gate": int(len(y_gate)),
+        "num_gate": int(len(cand.x_gate.y)),
         "min_delta": reg.min_delta,
         "significance": reg.significance,
         "mcnemar": None,
-        "data_sha256": data_sha,
+        "data_sha256": cand.data_sha,
     }
 
-    if champion is not None and existing is not None and champion_version == str(existing.version):
-        decision = Decision(True, f"this model is already {CHAMPION} (version {champion_version})")
-        record["champion_before"] = {"version": champion_version, "gate_accuracy": cand_acc}
-    else:
-        champ_correct = None
-        if champion is not None:
-            champ_acc, champ_correct, why_not = score_champion(
-                client, name, champion_version, x_gate, y_gate, class_names
-            )
-            record["champion_before"] = {"version": champion_version, "gate_accuracy": champ_acc}
-        if champion is not None and champ_correct is None:
-            decision = Decision(False, why_not)
-        else:
-            label = f"{CHAMPION} v{champion_version}" if champion else CHAMPION
-            decision = decide(
-                cand_correct, champ_correct, reg.min_delta, reg.significance, label,
-                f"the {GATE_SPLIT} split ({len(y_gate)} images)",
-            )  # fmt: skip
-    if decision.mcnemar is not None:
-        record["mcnemar"] = decision.mcnemar.as_dict()
 
-    if existing is None:
-        version, run_id = log_and_register(
-            client, exp_id, name, info, meta_file, class_names, x_gate, model_sha, data_sha,
-            {"gate": cand_acc, "test": test_acc}, decision,
-        )  # fmt: skip
-        record["candidate"].update(version=version, run_id=run_id)
-    else:
-        version = str(existing.version)
-    alias = CHAMPION if decision.promote else CHALLENGER
+def judge(
+    client,
+    name: str,
+    cand: Candidate,
+    champion_version: str | None,
+    existing,
+    min_delta: float,
+    significance: float | None,
+) -> tuple[Decision, dict | None]:
+    """The gate's decision for ``cand`` against the ``@champion`` (scored on the gate split
+    here), and the champion's record (None when there is none)."""
+    if champion_version is not None and existing is not None:
+        if champion_version == str(existing.version):
+            decision = Decision(
+                True, f"this model is already {CHAMPION} (version {champion_version})"
+            )
+            return decision, {"version": champion_version, "gate_accuracy": cand.gate_accuracy}
+    champ_correct, before = None, None
+    y_gate = cand.x_gate.y
+    if champion_version is not None:
+        champ_acc, champ_correct, why_not = score_champion(
+            client, name, champion_version, cand.x_gate, y_gate, cand.class_names
+        )
+        before = {"version": champion_version, "gate_accuracy": champ_acc}
+        if champ_correct is None:
+            return Decision(False, why_not), before
+    label = f"{CHAMPION} v{champion_version}" if champion_version is not None else CHAMPION
+    decision = decide(
+        cand.correct, champ_correct, min_delta, significance, label,
+        f"the {GATE_SPLIT} split ({len(y_gate)} images)",
+    )  # fmt: skip
+    return decision, before
+
+
+def move_aliases(client, name: str, version: str, promote: bool, champion_version) -> str:
+    """Point ``@champion`` (promoted) or ``@challenger`` at ``version``, drop a stale
+    ``@challenger`` from a new champion, tag the version with the decision; the alias."""
+    alias = CHAMPION if promote else CHALLENGER
     if not (alias == CHAMPION and champion_version == version):
         client.set_registered_model_alias(name, alias, version)
     if alias == CHAMPION:
@@ -166,15 +233,7 @@ def main(argv=None) -> int:
         if current is not None and str(current.version) == version:
             client.delete_registered_model_alias(name, CHALLENGER)
     client.set_model_version_tag(name, version, "pipeline.decision", alias)
-    record["decision"] = alias
-    record["reason"] = decision.reason
-    after = version if decision.promote else champion_version
-    record["champion_after"] = {"version": after}
-    atomic.write_json(paths.REGISTRY, record)
-    promoted = decision.promote and champion_version != version
-    verdict = "promoted" if promoted else "kept" if decision.promote else "not promoted"
-    log(f"register: {name} version {version} -> @{alias}; {verdict}: {decision.reason}")
-    return 0
+    return alias
 
 
 def exported_files(model_sha: str) -> list[Path]:
@@ -251,10 +310,8 @@ def log_and_register(
 
     run_id, own_run = info.get("mlflow_run_id"), False
     if run_id:
-        try:
-            if client.get_run(run_id).info.lifecycle_stage != "active":
-                run_id = None
-        except MlflowException:
+        run = tracking.find_run(client, run_id)
+        if run is None or run.info.lifecycle_stage != "active":
             run_id = None
     if not run_id:
         tags = {

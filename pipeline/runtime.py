@@ -6,10 +6,12 @@ libraries' start-up banners and expected warnings.
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 
 # absl's INFO lines ("I0000 00:00:1795784640.058716   18421 port.cc:153] oneDNN custom
 # operations are on. ...") and its notice, printed while TensorFlow's libraries load and
@@ -19,6 +21,7 @@ ABSL_EARLY_INFO = re.compile(
     rb"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR)"
     rb"\r?\n?$"
 )
+NVIDIA_PROC = Path("/proc/driver/nvidia/gpus")  # one folder per GPU the driver holds
 # The filter runs in a child process, so a line printed just before a crash still shows.
 _FILTER = f"""
 import re, signal, sys
@@ -86,3 +89,64 @@ def absl_early_info_hidden():
         os.close(saved)
         child.stdin.close()
         child.wait()
+
+
+def gpu_ids() -> list[str]:
+    """The NVIDIA GPUs this process may use, named as ``CUDA_VISIBLE_DEVICES`` names them.
+
+    The driver's list (``/proc/driver/nvidia/gpus``, else ``nvidia-smi -L``), no framework
+    imported, cut to ``CUDA_VISIBLE_DEVICES`` when it is set (CUDA stops at a ``-1``).
+    """
+    found = _driver_gpus()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return [str(i) for i in range(found)]
+    named = [d.strip() for d in visible.split(",") if d.strip()]
+    if "-1" in named:
+        named = named[: named.index("-1")]
+    return named[:found]
+
+
+def gpu_count(keras_backend: bool = False) -> int:
+    """How many GPUs ``gpu_ids`` finds; with ``keras_backend``, 0 when the Keras backend
+    cannot use them (the lock's ``tensorflow_cpu`` on a GPU machine; imports the backend)."""
+    ids = gpu_ids()
+    if not ids or not keras_backend:
+        return len(ids)
+    return len(ids) if _backend_has_gpu() else 0
+
+
+def _driver_gpus() -> int:
+    if NVIDIA_PROC.is_dir():
+        found = len(list(NVIDIA_PROC.iterdir()))
+        if found:
+            return found
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return 0
+    try:
+        done = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    if done.returncode != 0:
+        return 0
+    return sum(line.startswith("GPU ") for line in done.stdout.splitlines())
+
+
+def _backend_has_gpu() -> bool:
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return any(d.platform == "gpu" for d in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False

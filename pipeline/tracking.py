@@ -74,6 +74,25 @@ def open_experiment(uri: str, name: str):
         ) from None
 
 
+def find_run(mlflow_client, run_id: str):
+    """Run ``run_id``, or None when this store has no such run (deleted for good, or
+    another store's id). Any other MLflow error (the server unreachable, no permission)
+    is a one-line PipelineError: a run that cannot be read is not a missing one."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.errors import PipelineError
+
+    try:
+        return mlflow_client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        first = (str(exc).strip().splitlines() or [exc.error_code])[0][:300]
+        raise PipelineError(
+            f"MLflow: reading run {run_id} failed ({exc.error_code}): {first}"
+        ) from None
+
+
 def experiment_id(mlflow_client, name: str) -> str:
     """The id of experiment ``name``, created (artifacts under mlartifacts/) if missing."""
     found = mlflow_client.get_experiment_by_name(name)

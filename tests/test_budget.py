@@ -126,9 +126,11 @@ def test_batch_times_under_a_cpu_quota_count_the_waits_but_not_compile_stalls():
     assert budgets.steady_sum([]) == 0.0
     # The cost probe: 5 batches of a CNN, 2 of them waiting, estimate the mean, not the
     # median: ~100 s an epoch does not fit 12 in 1000 s, where the median's 70 s would.
+    from pipeline.tuning.cost import too_slow
+
     probe = [0.06, 0.135, 0.06, 0.135, 0.06]
-    assert budgets.too_slow(probe, 128, 128_000, 1000.0, 12)
-    assert budgets.too_slow(probe, 128, 128_000, 1300.0, 12) is None
+    assert too_slow(probe, 128, 128_000, 1000.0, 12)
+    assert too_slow(probe, 128, 128_000, 1300.0, 12) is None
 
 
 def test_the_cosine_schedule_shortens_to_the_epochs_that_still_fit(monkeypatch):

@@ -55,7 +55,7 @@ def test_the_ensemble_is_one_model_averaging_its_members(tmp_path):
 
 def test_each_member_gets_an_equal_share_and_a_late_one_none_without_time(monkeypatch):
     from pipeline import budget as budgets
-    from pipeline.training import run
+    from pipeline.training import schedule
 
     estimate = budgets.EpochEstimate(epoch_s=1.0, warmup_s=0.5, per_sample_s=0.0)
     now = NOW  # _time_budget's frozen clock
@@ -63,16 +63,17 @@ def test_each_member_gets_an_equal_share_and_a_late_one_none_without_time(monkey
     def plan(seconds_left):
         return _time_budget(monkeypatch, seconds_left, estimate, epochs=30)[0]
 
-    finishing = 2 * run.FINISH_PER_MEMBER_S  # three members: two more to combine and save
-    epochs, deadline = run._member_share(plan(finishing + 90), 1, 3, val_images=0)
+    finishing = 2 * schedule.FINISH_PER_MEMBER_S  # three members: two more to combine and save
+    epochs, deadline = schedule.member_share(plan(finishing + 90), 1, 3, val_images=0)
     assert (epochs, deadline) == (10, now + 30)  # a third of 90 s, 0.5 s warm-up: 29 fit, 10 cap
-    epochs, deadline = run._member_share(plan(finishing + 60), 2, 3, val_images=0)
+    epochs, deadline = schedule.member_share(plan(finishing + 60), 2, 3, val_images=0)
     assert (epochs, deadline) == (10, now + 30)  # what is left, split between the last two
-    assert run._member_share(plan(finishing + 1.2), 3, 3, val_images=0) == (0, None)
-    assert run._member_share(plan(finishing + 1.2), 1, 3, val_images=0)[0] == 1  # the first runs
+    assert schedule.member_share(plan(finishing + 1.2), 3, 3, val_images=0) == (0, None)
+    first = schedule.member_share(plan(finishing + 1.2), 1, 3, val_images=0)
+    assert first[0] == 1  # the first runs
     epochs_mode = budgets.TrainingPlan(30)
-    assert run._member_share(epochs_mode, 2, 3, val_images=0) == (10, None)
-    assert run._member_share(epochs_mode, 1, 1, val_images=0) == (30, None)
+    assert schedule.member_share(epochs_mode, 2, 3, val_images=0) == (10, None)
+    assert schedule.member_share(epochs_mode, 1, 1, val_images=0) == (30, None)
 
 
 NOW = 1000.0
@@ -81,27 +82,27 @@ NOW = 1000.0
 def _time_budget(monkeypatch, seconds_left: float, estimate, epochs: int = 90):
     """A time-mode TrainingPlan with ``seconds_left`` for epochs, at a frozen clock."""
     from pipeline import budget as budgets
-    from pipeline.training import run
+    from pipeline.training import schedule
 
     now = NOW
-    monkeypatch.setattr(run.time, "time", lambda: now)
+    monkeypatch.setattr(schedule.time, "time", lambda: now)
     deadline = now + budgets.FINISH_S + seconds_left
     return budgets.TrainingPlan(epochs, deadline, "tune", estimate, seconds_left), now
 
 
 def test_a_slower_member_gets_more_time_so_that_every_member_gets_the_same_epochs(monkeypatch):
     from pipeline import budget as budgets
-    from pipeline.training import run
+    from pipeline.training import schedule
 
     fast = budgets.EpochEstimate(epoch_s=1.0, warmup_s=0.5, per_sample_s=0.0)
     slow = budgets.EpochEstimate(epoch_s=3.0, warmup_s=0.5, per_sample_s=0.0)
-    finishing = run.FINISH_PER_MEMBER_S  # two members: one more to combine and save
+    finishing = schedule.FINISH_PER_MEMBER_S  # two members: one more to combine and save
     budget, now = _time_budget(monkeypatch, finishing + 81.0, fast)
     # 81 s, 1 s of warm-ups: 20 epochs each, at 1 s and 3 s.
-    epochs, deadline = run._member_share(budget, 1, 2, val_images=0, later=[slow])
+    epochs, deadline = schedule.member_share(budget, 1, 2, val_images=0, later=[slow])
     assert (epochs, deadline) == (20, now + 20.5)
     budget, now = _time_budget(monkeypatch, finishing + 60.5, fast)  # what member 1 left
-    assert run._member_share(budget, 2, 2, val_images=0, estimate=slow, later=[]) == (
+    assert schedule.member_share(budget, 2, 2, val_images=0, estimate=slow, later=[]) == (
         20,
         now + 60.5,
     )
@@ -113,15 +114,15 @@ def test_a_faster_runner_up_beside_a_slow_best_is_not_held_to_the_best_alone_pla
     from dataclasses import replace
 
     from pipeline import budget as budgets
-    from pipeline.training import run
+    from pipeline.training import schedule
 
     slow = budgets.EpochEstimate(epoch_s=3.0, warmup_s=0.5, per_sample_s=0.0)
     fast = budgets.EpochEstimate(epoch_s=1.0, warmup_s=0.5, per_sample_s=0.0)
-    budget, now = _time_budget(monkeypatch, run.FINISH_PER_MEMBER_S + 81.0, slow, epochs=27)
+    budget, now = _time_budget(monkeypatch, schedule.FINISH_PER_MEMBER_S + 81.0, slow, epochs=27)
     budget = replace(budget, most_epochs=100)
-    assert run._member_share(budget, 1, 2, val_images=0, later=[fast]) == (20, now + 60.5)
+    assert schedule.member_share(budget, 1, 2, val_images=0, later=[fast]) == (20, now + 60.5)
     assert (
-        run._member_share(replace(budget, most_epochs=30), 1, 2, val_images=0, later=[fast])[0]
+        schedule.member_share(replace(budget, most_epochs=30), 1, 2, val_images=0, later=[fast])[0]
         == 15
     )  # each member still gets at most its share of train.epochs
 
@@ -144,17 +145,17 @@ def test_a_runner_up_that_equal_epochs_leave_short_is_swapped_for_a_seed_before_
 ):
     from pipeline import budget as budgets
     from pipeline.config import Params
-    from pipeline.training import run
+    from pipeline.training import schedule
 
     fast = budgets.EpochEstimate(epoch_s=1.0, warmup_s=0.0, per_sample_s=0.0)
     # 3 members, 90 s: at 1+1+3 s an epoch, 18 epochs each; at 1+1+8 s, 9, fewer than
     # budget.min_final_epochs (10 here); 18 is fewer than train.ensemble_min_epochs 20.
     # Either way two seeds, decided before the first trains.
-    budget, _ = _time_budget(monkeypatch, 2 * run.FINISH_PER_MEMBER_S + 90.0, fast)
+    budget, _ = _time_budget(monkeypatch, 2 * schedule.FINISH_PER_MEMBER_S + 90.0, fast)
     settings = {"budget": {"min_final_epochs": 10}, "train": {"ensemble_min_epochs": min_epochs}}
     params = Params.model_validate(settings)
     plan, runners_up = _plan_with_runner_up(runner_epoch_s)
-    roster = run._roster(plan, runners_up, 3, budget, params, 100, 0)
+    roster = schedule.roster(plan, runners_up, 3, budget, params, 100, 0)
     assert [p is plan for p, _ in roster] == [True, True, not kept]
     assert roster[2][1] == (
         budgets.EpochEstimate(runner_epoch_s, 0.0, runner_epoch_s / 100) if kept else fast

@@ -341,3 +341,24 @@ def test_the_report_says_when_the_validation_accuracy_is_on_trained_images():
     info = {"source": "tune", "family": "simple_cnn", "val_accuracy": 0.99, "input_shape": [8]}
     assert "on images it trained on" in _model_section({**info, "fit_on_val": True})
     assert "on images it trained on" not in _model_section(info)
+
+
+def test_a_training_run_not_in_the_store_gets_a_new_run_but_a_store_error_stops():
+    """A run id the store does not know is logged to a new ``evaluate`` run; an MLflow
+    error that is not "not found" (no permission, the server down) is a clear error."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, RESOURCE_DOES_NOT_EXIST
+
+    from pipeline.errors import PipelineError
+    from pipeline.evaluate import _existing_run
+
+    class Store:
+        def __init__(self, code):
+            self.code = code
+
+        def get_run(self, run_id):
+            raise MlflowException(f"run {run_id}: {self.code}", error_code=self.code)
+
+    assert _existing_run(Store(RESOURCE_DOES_NOT_EXIST), "abc", "0") is None
+    with pytest.raises(PipelineError, match="reading run abc failed .PERMISSION_DENIED."):
+        _existing_run(Store(PERMISSION_DENIED), "abc", "0")

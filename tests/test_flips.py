@@ -80,7 +80,6 @@ def test_flips_are_tried_only_when_a_kept_member_trained_on_mirrored_images(augm
 
     from pipeline.budget import TrainingPlan
     from pipeline.config import Params
-    from pipeline.training import run
     from pipeline.training.plan import Plan
 
     params = Params.model_validate({"data": {"dataset": "fashion_mnist"}})
@@ -92,7 +91,7 @@ def test_flips_are_tried_only_when_a_kept_member_trained_on_mirrored_images(augm
     model = _model()
     x = np.random.default_rng(2).integers(0, 256, (9, 6, 5, 2)).astype(np.uint8)
     splits = SimpleNamespace(val=Split(x, np.zeros(9, dtype=int)))
-    chosen, record = run._choose_flips(model, kept, params, splits, TrainingPlan(epochs=1))
+    chosen, record = flips.choose_flips(model, kept, params, splits, TrainingPlan(epochs=1))
     assert ("val_accuracy_flips" in record) is augment
     assert ("no kept member trained on mirrored images" in capsys.readouterr().err) is not augment
     assert record["test_time_flips"] is flips.has_flips(chosen)
@@ -100,6 +99,6 @@ def test_flips_are_tried_only_when_a_kept_member_trained_on_mirrored_images(augm
     params = Params.model_validate(
         {"data": {"dataset": "fashion_mnist"}, "train": {"fit_on_val": True}}
     )
-    chosen, record = run._choose_flips(model, kept, params, splits, TrainingPlan(epochs=1))
+    chosen, record = flips.choose_flips(model, kept, params, splits, TrainingPlan(epochs=1))
     assert record == {"test_time_flips": False} and not flips.has_flips(chosen)
     assert ("val was trained on" in capsys.readouterr().err) is augment

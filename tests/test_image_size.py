@@ -149,22 +149,6 @@ def test_choose_image_size_rule(sizes, cap, expected):
     assert "set preprocess.image_size to override" in reason
 
 
-def test_gpus_are_found_without_importing_a_framework(monkeypatch, tmp_path):
-    monkeypatch.setattr(sizing, "NVIDIA_PROC", tmp_path / "none")
-    monkeypatch.setattr(sizing.shutil, "which", lambda name: None)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert sizing.gpu_count() == 0
-    gpus = tmp_path / "gpus"
-    for bus in ("0000:01:00.0", "0000:02:00.0"):
-        (gpus / bus).mkdir(parents=True)
-    monkeypatch.setattr(sizing, "NVIDIA_PROC", gpus)
-    assert sizing.gpu_count() == 2
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
-    assert sizing.gpu_count() == 1
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert sizing.gpu_count() == 0
-
-
 @pytest.mark.parametrize("sideways", [False, True])
 def test_a_camera_jpeg_decodes_scaled_down_by_libjpeg_to_the_same_picture(tmp_path, sideways):
     """A 12 MP photo bound for 96x128 decodes at 1/8 scale (draft), upright, and matches

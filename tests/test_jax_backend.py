@@ -50,7 +50,7 @@ SCRIPT = textwrap.dedent(
     model = hypermodel.build(hp)
     step = model.train_on_batch(images, labels, return_dict=True)
     result["hypermodel_loss"] = float(step["loss"])
-    # RandomTranslation would turn jit off for the whole model (hypermodel._jittable_on_jax).
+    # RandomTranslation would turn jit off for the whole model (keras_compat.jittable_on_jax).
     result["augmented_jitted"] = bool(model.jit_compile)
     shifted = [layer for layer in model.layers if type(layer).__name__ == "RandomTranslation"]
     plain = images[:1] * 255

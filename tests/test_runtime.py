@@ -102,3 +102,24 @@ def test_restoring_weights_into_a_fresh_optimizer_warns_no_more(tmp_path, monkey
         warnings.warn("a warning that matters", UserWarning, stacklevel=1)
     assert [str(w.message) for w in after] == ["a warning that matters"]
     assert models.input_shape(loaded) == (4,)
+
+
+def test_gpus_are_found_without_importing_a_framework(monkeypatch, tmp_path):
+    """The driver's GPUs, named for CUDA_VISIBLE_DEVICES (tune's workers get one each)."""
+    monkeypatch.setattr(runtime, "NVIDIA_PROC", tmp_path / "none")
+    monkeypatch.setattr(runtime.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert runtime.gpu_ids() == [] and runtime.gpu_count(keras_backend=True) == 0
+    gpus = tmp_path / "gpus"
+    for bus in ("0000:01:00.0", "0000:02:00.0"):
+        (gpus / bus).mkdir(parents=True)
+    monkeypatch.setattr(runtime, "NVIDIA_PROC", gpus)
+    assert runtime.gpu_ids() == ["0", "1"] and runtime.gpu_count() == 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert runtime.gpu_ids() == ["1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,-1,0")  # CUDA stops at -1
+    assert runtime.gpu_ids() == ["1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")  # more named than the driver has
+    assert runtime.gpu_count() == 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert runtime.gpu_ids() == [] and runtime.gpu_count() == 0

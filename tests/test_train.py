@@ -567,7 +567,7 @@ def test_in_time_mode_a_runner_up_too_slow_for_its_share_gives_way_to_a_seed(
     proj, monkeypatch, capsys
 ):
     from pipeline.budget import FINISH_S, SLOW_EPOCH_ENV
-    from pipeline.training.run import FINISH_PER_MEMBER_S
+    from pipeline.training.schedule import FINISH_PER_MEMBER_S
 
     monkeypatch.setenv(SLOW_EPOCH_ENV, "0.5")
     _tuned_just_now(proj.path, FINISH_S + FINISH_PER_MEMBER_S + 5, epoch_seconds=0.5)
@@ -580,7 +580,7 @@ def test_in_time_mode_a_runner_up_too_slow_for_its_share_gives_way_to_a_seed(
 
 def test_in_time_mode_each_member_gets_an_equal_share_of_what_is_left(proj, monkeypatch):
     from pipeline.budget import FINISH_S, SLOW_EPOCH_ENV
-    from pipeline.training.run import FINISH_PER_MEMBER_S
+    from pipeline.training.schedule import FINISH_PER_MEMBER_S
 
     monkeypatch.setenv(SLOW_EPOCH_ENV, "0.5")  # every epoch about 0.5 s, as the "search" saw
     finishing = 2 * FINISH_PER_MEMBER_S  # combining and saving members 2 and 3
@@ -601,3 +601,28 @@ def test_in_time_mode_each_member_gets_an_equal_share_of_what_is_left(proj, monk
     assert members[2]["epochs_planned"] >= members[0]["epochs_planned"]
     assert all(1 <= m["epochs_run"] <= m["epochs_planned"] for m in members)
     assert record["within_budget"] is True and info["epochs_run"] == record["epochs_run"]
+
+
+def test_a_backup_that_does_not_load_restarts_but_a_programming_error_is_not_taken_for_one(
+    tmp_path,
+):
+    backup = Backup({"x": 1}, tmp_path / "backup")
+    backup.open()
+    row = dict.fromkeys(["loss", "accuracy", "val_loss", "learning_rate", "seconds"], 0.1)
+    backup.record({**row, "epoch": 1, "val_accuracy": 0.5})
+
+    class Model:
+        optimizer = None
+
+        def __init__(self, error):
+            self.error = error
+
+        def load_weights(self, path):
+            raise self.error
+
+    with pytest.raises(TypeError, match="a bug"):
+        backup.restore_check(Model(TypeError("a bug")))
+    assert len(backup.rows) == 1  # kept: a bug is not a damaged file
+    damaged = OSError("Unable to synchronously open file (file signature not found)")
+    assert backup.restore_check(Model(damaged)) is False
+    assert backup.rows == []  # discarded: a fresh start

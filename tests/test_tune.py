@@ -630,3 +630,24 @@ def test_screening_images_divide_by_the_factor_per_round_left():
     assert screening_images({"tuner/bracket": 3, "tuner/round": 0}, 3, 20000) == 2000
     assert screening_images({"tuner/bracket": 2, "tuner/round": 0}, 3, 1500) == 1500
     assert MIN_SCREENING_IMAGES == 2000
+
+
+def test_a_saved_parent_run_not_in_the_store_starts_a_new_one_but_a_store_error_stops(capsys):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, RESOURCE_DOES_NOT_EXIST
+
+    from pipeline.errors import PipelineError
+    from pipeline.tuning.session import _reattach
+
+    class Store:
+        def __init__(self, code):
+            self.code = code
+
+        def get_run(self, run_id):
+            raise MlflowException(f"run {run_id}: {self.code}", error_code=self.code)
+
+    saved = {"parent_run_id": "parent"}
+    assert _reattach(Store(RESOURCE_DOES_NOT_EXIST), saved, "0") is None
+    assert "is not in this MLflow store; starting a new one" in capsys.readouterr().err
+    with pytest.raises(PipelineError, match="reading run parent failed .INTERNAL_ERROR."):
+        _reattach(Store(INTERNAL_ERROR), saved, "0")  # e.g. the server is unreachable

@@ -8,21 +8,18 @@ aspect ratio) until the longer side fits what the machine can train in a budget:
 without a GPU, 224 px with one. GPUs are found without importing TensorFlow or JAX.
 """
 
-import os
-import shutil
-import subprocess
 from collections.abc import Sequence
-from pathlib import Path
 from statistics import median_low
 
 from PIL import Image, ImageOps
+
+from pipeline.runtime import gpu_count
 
 ORIENTATION_TAG = 0x0112
 _SIDEWAYS = {5, 6, 7, 8}  # the orientations that swap width and height
 CPU_MAX_SIDE = 128  # a few thousand images train in minutes per epoch on two cores
 GPU_MAX_SIDE = 224  # the size ImageNet backbones are built for
 MIN_SIDE = 8  # the smallest input the families take
-NVIDIA_PROC = Path("/proc/driver/nvidia/gpus")
 
 
 def orientation(img: Image.Image) -> int:
@@ -65,25 +62,6 @@ def upright(img: Image.Image) -> Image.Image:
     if orientation(img) == 1:
         return img
     return ImageOps.exif_transpose(img)
-
-
-def gpu_count() -> int:
-    """NVIDIA GPUs this process may use: the driver's list, else ``nvidia-smi -L``."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return 0
-    found = len(list(NVIDIA_PROC.iterdir())) if NVIDIA_PROC.is_dir() else 0
-    smi = shutil.which("nvidia-smi")
-    if not found and smi:
-        try:
-            done = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return 0
-        if done.returncode == 0:
-            found = sum(line.startswith("GPU ") for line in done.stdout.splitlines())
-    if visible:
-        found = min(found, len([d for d in visible.split(",") if d.strip()]))
-    return found
 
 
 def machine_max_side() -> tuple[int, str]:

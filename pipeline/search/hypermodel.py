@@ -21,6 +21,7 @@ from pipeline.model_input import pixel_inputs
 from pipeline.search.losses import classification_loss
 from pipeline.search.optimizers import build_optimizer
 from pipeline.search.space import BUILDER_COMMON, Augmentation, Hyperparameter, SearchSpace
+from pipeline.tuning import keras_compat
 
 
 def register(hp: keras_tuner.HyperParameters, name: str, spec: Hyperparameter) -> Any:
@@ -73,10 +74,6 @@ def active_values(hp: keras_tuner.HyperParameters) -> dict[str, Any]:
     }
 
 
-# The Keras versions whose RandomTranslation/RandomZoom were checked to trace under jax.jit.
-JIT_CHECKED_KERAS = ("3.15.",)
-
-
 def augmentation_layers(specs: Sequence[Augmentation]) -> list[layers.Layer]:
     """Keras random layers for ``specs``; they only change images while training."""
     made = []
@@ -91,25 +88,8 @@ def augmentation_layers(specs: Sequence[Augmentation]) -> list[layers.Layer]:
             made.append(layers.RandomZoom(spec.factor))
         else:
             made.append(layers.RandomContrast(spec.factor))
-    return [_jittable_on_jax(layer) for layer in made]
-
-
-def _jittable_on_jax(layer: layers.Layer) -> layers.Layer:
-    """``layer``, marked as fit for ``jit_compile`` where the backend is JAX.
-
-    Keras (3.15) sets ``supports_jit = False`` on RandomTranslation and RandomZoom for every
-    backend, and one such layer turns ``jit_compile`` off for the whole model: under JAX
-    every training step then runs op by op (a 2-core CPU: 75 ms per step against 20.5 ms
-    jitted; on an H200 the search's augmented trials took ~0.45 s per step). Their JAX code
-    traces under ``jax.jit``; tests/test_jax_backend.py checks that such a model is jitted
-    and still augments. TensorFlow keeps Keras' choice. No upstream issue found. Only for
-    the Keras versions it was checked with: another keeps its own choice (slow, not wrong)
-    until that test is rerun on it.
-    """
-    checked = keras.version().startswith(JIT_CHECKED_KERAS)
-    if checked and keras.backend.backend() == "jax" and not layer.supports_jit:
-        layer.supports_jit = True
-    return layer
+    # RandomTranslation and RandomZoom would turn jit off for the whole model on JAX.
+    return [keras_compat.jittable_on_jax(layer) for layer in made]
 
 
 def _optimizer_hp_name(key: str) -> str:

@@ -8,9 +8,16 @@ still loads with ``safe_mode=True`` anywhere, the served pyfunc and MLflow's Ker
 included, and its first layer after the input is still the 0-255 rescaling.
 """
 
+import time
+from pathlib import Path
+
 import numpy as np
 
+from pipeline import budget as budgets
+from pipeline.config import Params
+from pipeline.console import log
 from pipeline.model_input import PIXELS_LAYER
+from pipeline.training.plan import Plan
 
 MIRROR_LAYER = "mirror_width"
 CHUNK = 512  # validation images per prediction call: memory stays bounded
@@ -59,3 +66,45 @@ def with_flips(model):
 def has_flips(model) -> bool:
     """Whether ``model`` averages over mirror images (``with_flips``)."""
     return any(layer.name == MIRROR_LAYER for layer in model.layers)
+
+
+def choose_flips(
+    model, kept: list[Plan], params: Params, splits, budget: budgets.TrainingPlan
+) -> tuple:
+    """The model to save, averaged over mirror images when that raises val accuracy.
+
+    Tried only when a kept member trained on mirrored images (its configuration augments,
+    and the dataset's augmentation flips): a model that never saw one loses about 4 points
+    of val accuracy to them (Fashion-MNIST, the CPU seeds), so the two val passes would be
+    spent for nothing. Returns the model and what model_info.json records:
+    ``test_time_flips`` and, when they were tried, the validation accuracy without and with
+    them.
+    """
+    from pipeline.search import load_search_space
+
+    space_file = kept[0].space_file or Path(params.tune.search_space)
+    if not params.train.test_time_flips or not space_file.is_file():
+        return model, {"test_time_flips": False}
+    if not mirrors(load_search_space(space_file).augmentations_for(params.data.dataset)):
+        return model, {"test_time_flips": False}
+    if not any((p.hyperparameters or {}).get("augment") for p in kept):
+        log("train: test-time flips not tried: no kept member trained on mirrored images")
+        return model, {"test_time_flips": False}
+    if params.train.fit_on_val:
+        log("train: test-time flips not tried: val was trained on, so it cannot choose them")
+        return model, {"test_time_flips": False}
+    est = budget.estimate
+    if budget.deadline is not None and est is not None:
+        # Two forward passes over val: about two thirds of a training pass's time per image.
+        cost = 0.7 * est.per_sample_s * len(splits.val) * len(kept)
+        if time.time() + cost > budget.deadline - budgets.FINISH_S / 2:
+            log("train: no time left to try test-time flips")
+            return model, {"test_time_flips": False}
+    plain, mirrored = val_accuracies(model, splits.val)
+    keep = mirrored > plain
+    log(
+        f"train: test-time flips: val_accuracy {plain:.4f} -> {mirrored:.4f} averaged with "
+        f"mirror images; {'kept' if keep else 'not kept'}"
+    )
+    record = {"test_time_flips": keep, "val_accuracy_plain": plain, "val_accuracy_flips": mirrored}
+    return (with_flips(model) if keep else model), record

@@ -19,7 +19,7 @@ import time
 from concurrent import futures
 from pathlib import Path
 
-from pipeline import tracking
+from pipeline import runtime, tracking
 from pipeline.config import Params
 from pipeline.console import log
 from pipeline.errors import PipelineError
@@ -29,17 +29,6 @@ from pipeline.tuning import session as sessions
 
 PARENT_ENV = "PIPELINE_PARENT_RUN_ID"
 CHIEF_PID_ENV = "PIPELINE_CHIEF_PID"
-
-
-def _gpu_ids() -> list[str]:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [d for d in visible.split(",") if d.strip() and d.strip() != "-1"]
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU")]
 
 
 def exit_with_chief(poll_s: float = 1.0) -> threading.Thread | None:
@@ -103,7 +92,7 @@ class Chief:
             raise PipelineError(f"cannot listen on {self.host}:{self.port}; pick another --port")
         self.server.start()
         log(f"tune: chief serving the oracle on {self.host}:{self.port}")
-        self.gpus = _gpu_ids()
+        self.gpus = runtime.gpu_ids()
         for i in range(self.workers):
             self._spawn(i)
         if self.workers:

@@ -54,7 +54,7 @@ from keras_tuner.src.engine import conditions as kt_conditions
 from keras_tuner.src.engine import oracle as kt_oracle
 
 from pipeline import atomic
-from pipeline.budget import was_skipped
+from pipeline.tuning.cost import was_skipped
 
 
 # keras-team/keras-tuner#810 (for #301): its @synchronized has no try/finally (no issue filed).

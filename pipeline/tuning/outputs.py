@@ -7,7 +7,7 @@ from pathlib import Path
 from keras_tuner.engine.trial import TrialStatus
 
 from pipeline import atomic, paths
-from pipeline.budget import was_skipped
+from pipeline.tuning.cost import was_skipped
 from pipeline.tuning.oracles import configuration
 from pipeline.tuning.tuner import trial_params
 

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import atomic, paths, tracking
+from pipeline import atomic, paths, runtime, tracking
 from pipeline import budget as budgets
 from pipeline.config import Params
 from pipeline.console import log
@@ -19,26 +19,6 @@ from pipeline.tuning import state as saved_state
 
 PARENT_ROLE = "tune-parent"
 DEADLINE_TAG = "pipeline.deadline"
-
-
-def gpu_count() -> int:
-    """GPUs the Keras backend can see."""
-    import keras
-
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return len(tf.config.list_physical_devices("GPU"))
-    if backend == "jax":
-        import jax
-
-        return sum(d.platform == "gpu" for d in jax.devices())
-    if backend == "torch":
-        import torch
-
-        return torch.cuda.device_count()
-    return 0
 
 
 def freeze_heap() -> None:
@@ -220,9 +200,8 @@ def _reattach(client, saved: dict, exp_id: str) -> str | None:
     run_id = saved.get("parent_run_id")
     if not run_id:
         return None
-    try:
-        run = client.get_run(run_id)
-    except Exception:  # another tracking store, or the run was deleted
+    run = tracking.find_run(client, run_id)
+    if run is None:  # another tracking store, or the run was deleted for good
         log(f"tune: saved parent run {run_id} is not in this MLflow store; starting a new one")
         return None
     if run.info.lifecycle_stage == "deleted" or run.info.experiment_id != exp_id:
@@ -247,7 +226,7 @@ def build_tuner(session: Session, splits, worker: bool = False):
     # (traceback.txt) and the console gets one line.
     kt_compat.quiet_failed_trials()
     tune = session.tune
-    gpus = gpu_count()
+    gpus = runtime.gpu_count(keras_backend=True)
     mixed = resolve_switch(tune.mixed_precision, auto=gpus > 0)
     policy = "mixed_float16" if mixed else "float32"
     keras.mixed_precision.set_global_policy(policy)

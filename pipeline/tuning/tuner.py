@@ -17,11 +17,11 @@ import numpy as np
 from keras_tuner.engine.trial import TrialStatus
 
 from pipeline import tracking
-from pipeline.budget import was_skipped
-from pipeline.budget_callbacks import CostProbe, DeadlineStop, slow_epoch_callbacks
+from pipeline.budget_callbacks import DeadlineStop, slow_epoch_callbacks
 from pipeline.console import log
 from pipeline.search.hypermodel import active_values
 from pipeline.tuning import tf_compat
+from pipeline.tuning.cost import CostProbe, was_skipped
 from pipeline.tuning.kt_compat import TunerCompat, runs_before
 
 TRIAL_ROLE = "tune-trial"
