@@ -113,7 +113,9 @@ def baseline_record(info: dict, metrics: dict) -> dict:
     }
 
 
-def _existing_run(client, run_id, exp_id: str):
+def existing_run(client, run_id, exp_id: str):
+    """Run ``run_id`` if it is active in experiment ``exp_id``; None for no id, or a run
+    this store does not have, deleted or elsewhere (other MLflow errors raise)."""
     if not run_id:
         return None
     run = tracking.find_run(client, run_id)
@@ -132,7 +134,7 @@ def log_to_mlflow(params, info: dict, metrics: dict, files: list[Path]) -> str:
         "test_loss": metrics["loss"],
         "test_macro_f1": metrics["macro_f1"],
     }
-    run = _existing_run(client, info.get("mlflow_run_id"), exp_id)
+    run = existing_run(client, info.get("mlflow_run_id"), exp_id)
     own = run is None
     if own:
         tags = {**tracking.process_tags("evaluate"), "git_commit": tracking.git_commit()}

@@ -350,7 +350,7 @@ def test_a_training_run_not_in_the_store_gets_a_new_run_but_a_store_error_stops(
     from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, RESOURCE_DOES_NOT_EXIST
 
     from pipeline.errors import PipelineError
-    from pipeline.evaluate import _existing_run
+    from pipeline.evaluate import existing_run
 
     class Store:
         def __init__(self, code):
@@ -359,6 +359,6 @@ def test_a_training_run_not_in_the_store_gets_a_new_run_but_a_store_error_stops(
         def get_run(self, run_id):
             raise MlflowException(f"run {run_id}: {self.code}", error_code=self.code)
 
-    assert _existing_run(Store(RESOURCE_DOES_NOT_EXIST), "abc", "0") is None
+    assert existing_run(Store(RESOURCE_DOES_NOT_EXIST), "abc", "0") is None
     with pytest.raises(PipelineError, match="reading run abc failed .PERMISSION_DENIED."):
-        _existing_run(Store(PERMISSION_DENIED), "abc", "0")
+        existing_run(Store(PERMISSION_DENIED), "abc", "0")

@@ -637,7 +637,7 @@ def test_a_saved_parent_run_not_in_the_store_starts_a_new_one_but_a_store_error_
     from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, RESOURCE_DOES_NOT_EXIST
 
     from pipeline.errors import PipelineError
-    from pipeline.tuning.session import _reattach
+    from pipeline.tuning.session import reattach_parent
 
     class Store:
         def __init__(self, code):
@@ -647,7 +647,7 @@ def test_a_saved_parent_run_not_in_the_store_starts_a_new_one_but_a_store_error_
             raise MlflowException(f"run {run_id}: {self.code}", error_code=self.code)
 
     saved = {"parent_run_id": "parent"}
-    assert _reattach(Store(RESOURCE_DOES_NOT_EXIST), saved, "0") is None
+    assert reattach_parent(Store(RESOURCE_DOES_NOT_EXIST), saved, "0") is None
     assert "is not in this MLflow store; starting a new one" in capsys.readouterr().err
     with pytest.raises(PipelineError, match="reading run parent failed .INTERNAL_ERROR."):
-        _reattach(Store(INTERNAL_ERROR), saved, "0")  # e.g. the server is unreachable
+        reattach_parent(Store(INTERNAL_ERROR), saved, "0")  # e.g. the server is unreachable

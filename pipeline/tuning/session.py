@@ -143,7 +143,7 @@ def open_session(params: Params, started_at: float | None = None) -> Session:
     clock = budgets.start_clock(params.budget, started_at, spent)
     deadline = None if clock is None else clock.search_deadline
 
-    parent = _reattach(client, saved, exp_id) if saved else None
+    parent = reattach_parent(client, saved, exp_id) if saved else None
     if parent is None:
         tags = {
             "git_commit": tracking.git_commit(),
@@ -196,7 +196,9 @@ def _budget_settings(params: Params) -> dict:
     return {f"budget.{k}": v for k, v in params.budget.model_dump(mode="json").items()}
 
 
-def _reattach(client, saved: dict, exp_id: str) -> str | None:
+def reattach_parent(client, saved: dict, exp_id: str) -> str | None:
+    """The saved search's parent run, set RUNNING again; None (logged) when this store
+    does not have it, or it is deleted or elsewhere (other MLflow errors raise)."""
     run_id = saved.get("parent_run_id")
     if not run_id:
         return None
