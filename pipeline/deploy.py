@@ -44,13 +44,15 @@ def export_model(model, path: Path, fmt: str, check: Callable[[Path], None] | No
             f"converter), not {keras.backend.backend()}; run it with KERAS_BACKEND=tensorflow"
         )
 
+    frozen = inference_model(model)
+
     def writer(tmp: Path) -> None:
         named = tmp.with_name(tmp.name + FORMATS[fmt])  # the LiteRT exporter wants the suffix
         try:
             with warnings.catch_warnings():
                 # Keras' tf2onnx patch probes the removed ``np.object``: a FutureWarning.
                 warnings.simplefilter("ignore", FutureWarning)
-                model.export(str(named), format=fmt, verbose=False)
+                frozen.export(str(named), format=fmt, verbose=False)
             if check is not None:
                 check(named)
             os.replace(named, tmp)
@@ -58,6 +60,23 @@ def export_model(model, path: Path, fmt: str, check: Callable[[Path], None] | No
             named.unlink(missing_ok=True)
 
     atomic.write_with(Path(path), writer)
+
+
+def inference_model(model):
+    """``model`` behind a new input, called with ``training=False``: nothing random is left.
+
+    Keras' ONNX export traces the model without ``training=False``, and the augmentation
+    layers (``RandomFlip``...) recorded ``training=True`` when the model was built; they
+    would stay active, their random ops unconvertible by tf2onnx, and the batch norm after
+    them would use batch statistics (keras-team/keras#21346, onnx/tensorflow-onnx#2395).
+    The new model shares every weight with ``model``.
+    """
+    import keras
+
+    inputs = keras.Input(shape=model.input_shape[1:], dtype=model.inputs[0].dtype)
+    frozen = keras.Model(inputs, model(inputs, training=False), name=model.name)
+    frozen(np.zeros((1, *model.input_shape[1:]), dtype=np.float32))  # export wants it called
+    return frozen
 
 
 class Exported:

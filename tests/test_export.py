@@ -1,8 +1,8 @@
 """export: ONNX and LiteRT files that predict as the Keras model does, on real digits data.
 
-Tiny models trained for a few epochs on the digits split (no tuning): a plain CNN, a
-two-member ensemble and a test-time-flips model, each exported to both formats and read
-back by onnxruntime and the LiteRT interpreter.
+Tiny models trained for a few epochs on the digits split (no tuning): a plain CNN, one
+with every augmentation layer, an ensemble of the two and a test-time-flips model, each
+exported to both formats and read back by onnxruntime and the LiteRT interpreter.
 """
 
 import json
@@ -16,6 +16,8 @@ import pytest
 from pipeline import deploy, export, predict, register
 from pipeline.errors import DataError, PipelineError
 from pipeline.model_input import pixel_inputs
+from pipeline.search.hypermodel import augmentation_layers
+from pipeline.search.space import Augmentation
 from pipeline.training import ensemble, flips
 from tests import test_register, test_transfer
 from tests.test_register import CLASSES, registry_state, write_candidate
@@ -36,15 +38,28 @@ def _split(root, name):
     return split[:].astype(np.float32), np.asarray(split.y)
 
 
-def _tiny_cnn(seed: int):
-    """Conv, batch norm, pooling, softmax: the layer kinds the families use, in small."""
+# Every augmentation the search spaces offer: active in training only, so never exported.
+AUGMENTATIONS = [
+    Augmentation(type="random_flip", mode="horizontal"),
+    *(
+        Augmentation(type=kind, factor=0.05)
+        for kind in ("random_translation", "random_rotation", "random_zoom", "random_contrast")
+    ),
+]
+
+
+def _tiny_cnn(seed: int, augment: bool):
+    """Augmentation, conv, batch norm, dropout, softmax: the families' layer kinds, in small."""
     import keras
 
     keras.utils.set_random_seed(seed)
     inputs, x = pixel_inputs((8, 8, 1))
+    for layer in augmentation_layers(AUGMENTATIONS if augment else []):
+        x = layer(x)
     x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(x)
     x = keras.layers.BatchNormalization()(x)
     x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Dropout(0.2)(x)
     x = keras.layers.Flatten()(x)
     outputs = keras.layers.Dense(10, activation="softmax")(x)
     model = keras.Model(inputs, outputs)
@@ -54,15 +69,16 @@ def _tiny_cnn(seed: int):
 
 @pytest.fixture(scope="module")
 def trained(digits):
-    """``{kind: model}`` for plain, ensemble (two members) and flips, trained on digits."""
+    """``{kind: model}``: plain, augmented, an ensemble of both, flips, trained on digits."""
     x, y = _split(digits, "train")
     members = []
-    for seed in (1, 2, 3):
-        model = _tiny_cnn(seed)
+    for seed, augment in ((1, False), (2, True), (3, True)):
+        model = _tiny_cnn(seed, augment)
         model.fit(x, y, epochs=12, batch_size=32, verbose=0)
         members.append(model)
     models = {
         "plain": members[0],
+        "augmented": members[1],
         "ensemble": ensemble.combine(members[:2]),
         "flips": flips.with_flips(members[2]),
     }
@@ -70,7 +86,7 @@ def trained(digits):
     return models
 
 
-@pytest.mark.parametrize("kind", ["plain", "ensemble", "flips"])
+@pytest.mark.parametrize("kind", ["plain", "augmented", "ensemble", "flips"])
 def test_onnx_and_litert_predict_as_keras_on_the_digits_test_split(kind, trained, digits, tmp_path):
     model = trained[kind]
     x_val, _ = _split(digits, "val")
