@@ -25,6 +25,7 @@ from pipeline.fileio import sha256_of
 
 OUTPUTS = {"onnx": paths.MODEL_ONNX, "litert": paths.MODEL_TFLITE}
 CHECK_IMAGES = 2048  # val images each file is checked on: seconds even for large models
+CHUNK = 256  # images read and predicted at a time
 MIN_AGREEMENT = 0.999  # share of images whose top class must be the Keras model's
 TOLERANCE = 1e-4  # largest allowed difference of one class probability
 
@@ -38,17 +39,16 @@ def main(argv=None) -> int:
     from pipeline.registry import models
 
     model = models.load_keras(paths.MODEL)
-    val = load_split("val")
-    x = val[: min(CHECK_IMAGES, len(val))].astype(np.float32)
-    report = export_all(model, x, OUTPUTS)
+    val = load_split("val")  # its images stay on disk; the check reads CHUNK at a time
+    report = export_all(model, val, OUTPUTS, min(CHECK_IMAGES, len(val)))
     report["model_sha256"] = sha256_of(paths.MODEL)  # register logs only files of this model
     atomic.write_json(paths.EXPORT_REPORT, report)
     for fmt, row in report["formats"].items():
         log(
             f"export: {row['file']} ({fmt}, {row['bytes'] / 1e6:.2f} MB) written and checked "
             f"in {row['seconds']:.1f}s; top-1 agrees with Keras on "
-            f"{row['top1_agreement']:.2%} of {len(x)} val images, probabilities within "
-            f"{row['max_abs_diff']:.1e}"
+            f"{row['top1_agreement']:.2%} of {report['checked_images']} val images, "
+            f"probabilities within {row['max_abs_diff']:.1e}"
         )
     return 0
 
@@ -72,21 +72,25 @@ def use_tensorflow_backend() -> None:
     os.environ["KERAS_BACKEND"] = "tensorflow"
 
 
-def export_all(model, x: np.ndarray, outputs: dict[str, Path]) -> dict:
-    """Export ``model`` to each ``{format: path}``, every file checked against it on ``x``."""
+def export_all(model, images, outputs: dict[str, Path], count: int | None = None) -> dict:
+    """Export ``model`` to each ``{format: path}``, every file checked against it on the
+    first ``count`` (default all) of ``images`` (an array or a split of 0-255 pixels)."""
     from pipeline.registry import models
 
-    reference = models.predict_probs(model, x, f"model {paths.MODEL}")
-    report = {"model": str(paths.MODEL), "checked_images": int(len(x)), "formats": {}}
+    count = len(images) if count is None else count
+    what = f"model {paths.MODEL}"
+    reference = _joined(models.predict_probs(model, x, what) for x in _chunks(images, count))
+    report = {"model": str(paths.MODEL), "checked_images": int(count), "formats": {}}
     for fmt, path in outputs.items():
         found = {}
 
         def check(file: Path, fmt=fmt, path=path, found=found) -> None:
-            probs = deploy.Exported(file).predict(x)
+            exported = deploy.Exported(file)
+            probs = _joined(exported.predict(x) for x in _chunks(images, count))
             found.update(deploy.agreement(reference, probs))
             if found["top1_agreement"] < MIN_AGREEMENT or found["max_abs_diff"] > TOLERANCE:
                 raise PipelineError(
-                    f"export: the {fmt} model disagrees with {paths.MODEL} on {len(x)} val "
+                    f"export: the {fmt} model disagrees with {paths.MODEL} on {count} val "
                     f"images (top-1 the same on {found['top1_agreement']:.2%}, largest "
                     f"probability difference {found['max_abs_diff']:.1e}); {path} not written"
                 )
@@ -100,6 +104,17 @@ def export_all(model, x: np.ndarray, outputs: dict[str, Path]) -> dict:
             **found,
         }
     return report
+
+
+def _chunks(images, count: int):
+    """The first ``count`` images as float32 blocks of ``CHUNK``: memory stays bounded."""
+    for start in range(0, count, CHUNK):
+        yield np.asarray(images[start : min(start + CHUNK, count)], dtype=np.float32)
+
+
+def _joined(parts) -> np.ndarray:
+    parts = list(parts)
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
 if __name__ == "__main__":
