@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Default: fast tests. CI passes MARKERS="not gpu and not jax" to run everything else too.
-MARKERS ?= not slow and not e2e and not gpu and not jax
+# Default: the fast tests (unit tests on tiny data, a few minutes). CI passes
+# MARKERS="not gpu and not jax" to run the integration, slow and e2e tests too.
+MARKERS ?= not integration and not slow and not e2e and not gpu and not jax
 PYTEST_ARGS ?=
 
 .PHONY: run test test-jax venv lint clean-venv ui retrain

@@ -178,6 +178,7 @@ def test_safe_extract_writes_regular_members(tmp_path):
     assert (tmp_path / "t" / "d" / "x.bin").read_bytes() == b"payload"
 
 
+@pytest.mark.integration
 def test_download_stage_writes_checksums_and_leaves_no_temp_dirs(project):
     project.params(data={"dataset": "digits"})
     result = run_cli("download", cwd=project.path)
@@ -189,6 +190,7 @@ def test_download_stage_writes_checksums_and_leaves_no_temp_dirs(project):
     assert "verified" in result.stderr
 
 
+@pytest.mark.integration
 def test_failed_download_keeps_the_previous_raw_data(project, monkeypatch):
     project.params(data={"dataset": "digits"})
     assert run_cli("download", cwd=project.path).returncode == 0

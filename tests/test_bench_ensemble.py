@@ -10,6 +10,7 @@ from tests.bench_helpers import load_bench
 ensemble_bench = load_bench("ensemble")
 
 
+@pytest.mark.integration
 def test_a_tiny_run_compares_an_ensemble_with_one_model(tmp_path, capfd, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "result.json"

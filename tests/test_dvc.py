@@ -36,6 +36,7 @@ def repo(tmp_path):
     return dvc_project(tmp_path / "repo")
 
 
+@pytest.mark.integration
 def test_dvc_repro_download_preprocess_on_digits(repo):
     first = _run(["dvc", "repro", "download", "preprocess"], repo)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -65,6 +66,7 @@ def test_dvc_repro_download_preprocess_on_digits(repo):
     assert "Running stage 'preprocess'" in third.stdout
 
 
+@pytest.mark.integration
 def test_dvc_repro_stops_on_a_params_typo(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["preprocess"]["val_fracton"] = 0.2
@@ -75,6 +77,7 @@ def test_dvc_repro_stops_on_a_params_typo(repo):
     assert not (repo / "data/raw/digits").exists()
 
 
+@pytest.mark.integration
 def test_dvc_repro_runs_the_whole_dag_reruns_only_what_changed_and_runs_experiments(repo):
     from tests.tune_helpers import write_space
 

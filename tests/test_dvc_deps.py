@@ -216,6 +216,7 @@ def _stand_ins(root: Path, stages: dict) -> None:
             (path / "stand-in").write_text("stand-in")
 
 
+@pytest.mark.integration
 def test_renaming_the_experiment_or_moving_the_store_makes_only_register_stale(tmp_path):
     root = dvc_project(tmp_path / "repo")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

@@ -144,6 +144,7 @@ def _confusion_from_csv(path: Path) -> np.ndarray:
     return cm
 
 
+@pytest.mark.integration
 def test_evaluate_writes_metrics_plots_report_and_logs_to_the_train_run(project, built):
     from pipeline import evaluate
 
@@ -200,6 +201,7 @@ def test_evaluate_writes_metrics_plots_report_and_logs_to_the_train_run(project,
     assert "evaluation/plots/misclassified.png" in logged
 
 
+@pytest.mark.integration
 def test_a_preset_model_is_recorded_as_a_baseline_in_its_own_run(project, built):
     from pipeline import evaluate
 
@@ -309,6 +311,7 @@ def _dvc(cmd, cwd):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.integration
 def test_dvc_metrics_and_plots_show_the_evaluate_outputs(project, built):
     if not shutil.which("dvc", path=str(Path(sys.executable).parent)):
         pytest.skip("dvc is not installed in this environment")

@@ -111,6 +111,7 @@ def test_declaring_the_space_covers_every_family(default_space):
     assert not any(name.startswith("resnet/") for name in hp.values)
 
 
+@pytest.mark.integration
 def test_random_search_runs_real_trials_with_consistent_keys(small_space, data, tmp_path):
     images, labels = data
     tuner = keras_tuner.RandomSearch(
@@ -160,6 +161,7 @@ def test_oversized_model_fails_before_training(small_space, data):
     assert int(model.optimizer.iterations) == 0
 
 
+@pytest.mark.integration
 def test_search_marks_oversized_trials_failed_and_goes_on(small_space, data, tmp_path):
     images, labels = data
     tuner = keras_tuner.RandomSearch(

@@ -159,6 +159,7 @@ def test_champion_from_registry(project, monkeypatch, capsys):
         predict.main([str(project.path / "b.png")])
 
 
+@pytest.mark.integration
 def test_cli_reports_bad_file_and_keeps_going(model_file, project):
     good = class_image(project.path / "a.png", 0, (20, 11))
     done = run_cli(

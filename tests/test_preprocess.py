@@ -234,6 +234,7 @@ def test_preprocess_without_download_says_what_to_run(project):
     assert "run `python -m pipeline download`" in result.stderr
 
 
+@pytest.mark.integration
 def test_failed_preprocess_keeps_previous_outputs(project, image_folder):
     project.params(data={"dataset": "digits"})
     assert run_cli("download", cwd=project.path).returncode == 0

@@ -141,6 +141,7 @@ def write_pngs(folder: Path, x: np.ndarray) -> list[Path]:
     return files
 
 
+@pytest.mark.integration
 def test_served_model_evaluate_and_predict_agree_on_real_images_dark_ones_too(stage_project):
     import mlflow
 
@@ -174,6 +175,7 @@ def test_served_model_evaluate_and_predict_agree_on_real_images_dark_ones_too(st
     assert served_labels[9:11] == truth[9:11]  # dark (max < 30) ones, read as what they are
 
 
+@pytest.mark.integration
 def test_a_model_from_before_0_255_pixels_is_refused_in_one_line(stage_project, tmp_path):
     root = stage_project.path
     old = old_model_file(tmp_path)
@@ -204,6 +206,7 @@ def test_a_model_from_before_0_255_pixels_is_refused_in_one_line(stage_project, 
         mlflow.pyfunc.load_model(str(pyfunc_dir))
 
 
+@pytest.mark.integration
 def test_an_old_champion_is_still_scored_right_at_the_gate(stage_project, monkeypatch, trained):
     """A champion registered before the change is compared on today's pixels, not refused."""
     import keras

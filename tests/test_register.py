@@ -116,6 +116,7 @@ def report(root) -> dict:
     return json.loads((root / "reports" / "registry.json").read_text())
 
 
+@pytest.mark.integration
 def test_first_becomes_champion_then_worse_is_challenger_then_better_takes_over(reg_project):
     root = reg_project.path
     write_candidate(root, "medium")
@@ -169,6 +170,7 @@ def test_first_becomes_champion_then_worse_is_challenger_then_better_takes_over(
     assert registry_state(root)[1:] == ([1, 2, 3], {"champion": "3", "challenger": "2"})
 
 
+@pytest.mark.integration
 def test_min_delta_keeps_champion(reg_project):
     root = reg_project.path
     write_candidate(root, "medium")
@@ -192,6 +194,7 @@ def tiny_gain_gate(n=300, class_2=3):
     return make_split(seed=3, y=y)
 
 
+@pytest.mark.integration
 def test_tiny_gain_on_the_gate_split_keeps_champion_unless_mcnemar_is_off(reg_project, capsys):
     root = reg_project.path
     reg_project.params(data={"dataset": "digits"}, mlflow={"tracking_uri": "sqlite:///mlflow.db"})
@@ -244,6 +247,7 @@ def test_processed_folder_without_gate_split_is_one_line_error(reg_project):
 
 
 @pytest.mark.parametrize("accuracy", [float("nan"), None, "high"])
+@pytest.mark.integration
 def test_nan_or_missing_metrics_refused_and_nothing_registered(reg_project, accuracy, capsys):
     root = reg_project.path
     write_candidate(root, "medium")

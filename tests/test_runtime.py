@@ -6,6 +6,7 @@ import sys
 import warnings
 
 import numpy as np
+import pytest
 
 from pipeline import runtime
 from tests.conftest import ROOT
@@ -55,6 +56,7 @@ def test_a_line_printed_just_before_a_crash_still_shows():
     assert fatal in result.stderr
 
 
+@pytest.mark.integration
 def test_loading_keras_and_tensorflow_prints_no_banner():
     code = (
         "import sys\n"
@@ -81,6 +83,7 @@ def _tiny_model():
     return model
 
 
+@pytest.mark.integration
 def test_restoring_weights_into_a_fresh_optimizer_warns_no_more(tmp_path, monkeypatch):
     from pipeline.registry import models
 

@@ -140,6 +140,7 @@ def _files_holding(folder: Path, needle: bytes) -> list[str]:
     return [str(p) for p in folder.rglob("*") if p.is_file() and needle in p.read_bytes()]
 
 
+@pytest.mark.integration
 def test_no_stage_writes_or_prints_the_password_of_the_tracking_uri_or_mirror_url(
     project, mlflow_server, monkeypatch
 ):

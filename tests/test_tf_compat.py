@@ -30,6 +30,7 @@ def _trace_a_custom_gradient() -> weakref.ref:
     return weakref.ref(concrete.graph)
 
 
+@pytest.mark.integration
 def test_tensorflow_keeps_a_traced_graph_until_its_custom_gradients_are_forgotten():
     tf_compat.forget_custom_gradients()
     graph = _trace_a_custom_gradient()

@@ -99,6 +99,7 @@ def steps(client, run, metric="val_accuracy") -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run.info.run_id, metric))
 
 
+@pytest.mark.integration
 def test_trains_the_tuned_configuration_and_writes_every_output(proj, capsys):
     proj.params(epochs=3)
     assert train_main(["--params", "params.yaml"]) == 0
@@ -152,6 +153,7 @@ def read_processed(split: str):
     return read(paths.PROCESSED, split)[0]
 
 
+@pytest.mark.integration
 def test_resume_after_an_interruption_continues_at_the_next_epoch(proj, capsys):
     with pytest.raises(RuntimeError, match="after epoch 2"):
         proj.run(callbacks=[Interrupt(2)], epochs=5)
@@ -185,6 +187,7 @@ class CrashAfterFit(keras.callbacks.Callback):
         raise RuntimeError("crashed after fit")
 
 
+@pytest.mark.integration
 def test_a_finished_backup_is_saved_without_training_again(proj, capsys):
     with pytest.raises(RuntimeError, match="after fit"):
         proj.run(callbacks=[CrashAfterFit()], epochs=2)
@@ -223,6 +226,7 @@ def test_a_backup_whose_fit_ended_reopens_finished(tmp_path):
     assert again.open() == 1 and not again.finished  # a marker of other epochs: ignored
 
 
+@pytest.mark.integration
 def test_a_corrupt_backup_falls_back_to_training_from_scratch(proj, capsys):
     with pytest.raises(RuntimeError):
         proj.run(callbacks=[Interrupt(1)], epochs=2)
@@ -236,6 +240,7 @@ def test_a_corrupt_backup_falls_back_to_training_from_scratch(proj, capsys):
     assert run.data.tags["resumed_from_epoch"] == "0"
 
 
+@pytest.mark.integration
 def test_a_backup_of_other_settings_is_discarded(proj, capsys):
     with pytest.raises(RuntimeError):
         proj.run(callbacks=[Interrupt(1)], epochs=2)
@@ -244,6 +249,7 @@ def test_a_backup_of_other_settings_is_discarded(proj, capsys):
     assert info["epochs_run"] == 2 and [int(r["epoch"]) for r in read_history()] == [1, 2]
 
 
+@pytest.mark.integration
 def test_a_preset_trains_as_a_baseline(proj):
     # One model on the training split, as a baseline is, whatever the ensemble settings.
     info = proj.run(
@@ -289,6 +295,7 @@ def test_missing_best_hparams_or_a_changed_search_space_is_a_clear_error(proj, c
     assert train_runs(mlflow_client(proj.path)) == []
 
 
+@pytest.mark.integration
 def test_smoothing_and_augmentation_models_load_without_the_pipeline(proj):
     best = json.loads(paths.BEST_HPARAMS.read_text())
     best["hyperparameters"].update(augment=True, label_smoothing=0.1, lr_schedule="cosine")
@@ -336,6 +343,7 @@ def _tuned_just_now(
     (root / paths.BEST_HPARAMS).write_text(json.dumps(best))
 
 
+@pytest.mark.integration
 def test_the_final_training_is_sized_to_what_is_left_of_the_budget(proj, monkeypatch, capsys):
     from pipeline.budget import FINISH_S, SLOW_EPOCH_ENV
 
@@ -360,6 +368,7 @@ def test_the_final_training_is_sized_to_what_is_left_of_the_budget(proj, monkeyp
         assert run.data.metrics["budget_total_seconds"] == record["total_seconds"]
 
 
+@pytest.mark.integration
 def test_a_training_slower_than_the_search_measured_stops_when_the_next_epoch_would_not_fit(
     proj, monkeypatch, capsys
 ):
@@ -385,6 +394,7 @@ def test_a_training_slower_than_the_search_measured_stops_when_the_next_epoch_wo
     )
 
 
+@pytest.mark.integration
 def test_epochs_mode_trains_every_epoch_with_no_clock(proj, monkeypatch):
     from pipeline.budget import SLOW_EPOCH_ENV
 
@@ -396,6 +406,7 @@ def test_epochs_mode_trains_every_epoch_with_no_clock(proj, monkeypatch):
     assert record["deadline"] is None and "within_budget" not in record
 
 
+@pytest.mark.integration
 def test_an_ensemble_trains_each_member_and_saves_their_average(proj, capsys):
     info = proj.run(epochs=4, ensemble_size=2, ensemble_min_epochs=2)
     err = capsys.readouterr().err
@@ -432,6 +443,7 @@ def test_an_ensemble_trains_each_member_and_saves_their_average(proj, capsys):
     assert steps(client, run) == [0, 1, 2, 3]
 
 
+@pytest.mark.integration
 def test_fit_on_val_trains_on_train_and_val_and_val_chooses_nothing(proj, capsys):
     # Early stopping at 1 epoch of patience would stop on val; with fit_on_val it is off.
     info = proj.run(
@@ -479,6 +491,7 @@ def _with_runner_up(root, below: float, **record) -> tuple[dict, dict]:
     return best, runner
 
 
+@pytest.mark.integration
 def test_the_last_member_trains_the_search_s_next_best_configuration(proj, capsys):
     best, _ = _with_runner_up(proj.path, below=0.01)
     # In epochs mode: no share of a clock to fit, each member trains epochs // 3.
@@ -505,6 +518,7 @@ def test_the_last_member_trains_the_search_s_next_best_configuration(proj, capsy
     assert ensemble.accuracy(predict(model, val), val.y) == pytest.approx(info["val_accuracy"])
 
 
+@pytest.mark.integration
 def test_a_runner_up_far_below_the_best_is_not_trained(proj):
     best, _ = _with_runner_up(proj.path, below=0.05)  # the default margin: 0.02
     info = proj.run(budget=EPOCHS, epochs=2, ensemble_size=2, ensemble_min_epochs=1)
@@ -516,6 +530,7 @@ def test_a_runner_up_far_below_the_best_is_not_trained(proj):
     assert [m["trial_id"] for m in info["ensemble"]["members"]] == [best["trial_id"]] * 2
 
 
+@pytest.mark.integration
 def test_an_interrupted_ensemble_keeps_its_finished_members(proj, capsys):
     with pytest.raises(RuntimeError, match="after epoch 1"):
         # The interrupt counts each member's epochs: member 1 runs 2, member 2 stops after 1.
@@ -546,6 +561,7 @@ class InterruptMember(keras.callbacks.Callback):
             raise RuntimeError(f"interrupted after epoch {self.after}")
 
 
+@pytest.mark.integration
 def test_epochs_faster_than_the_search_measured_fill_the_budget_instead_of_ending_early(
     proj, monkeypatch
 ):
@@ -563,6 +579,7 @@ def test_epochs_faster_than_the_search_measured_fill_the_budget_instead_of_endin
     assert rates[-1] < 0.2 * rates[0]  # the cosine still ends near zero at the clock's end
 
 
+@pytest.mark.integration
 def test_in_time_mode_a_runner_up_too_slow_for_its_share_gives_way_to_a_seed(
     proj, monkeypatch, capsys
 ):
@@ -578,6 +595,7 @@ def test_in_time_mode_a_runner_up_too_slow_for_its_share_gives_way_to_a_seed(
     assert [m["trial_id"] for m in info["ensemble"]["members"]] == [best["trial_id"]] * 2
 
 
+@pytest.mark.integration
 def test_in_time_mode_each_member_gets_an_equal_share_of_what_is_left(proj, monkeypatch):
     from pipeline.budget import FINISH_S, SLOW_EPOCH_ENV
     from pipeline.training.schedule import FINISH_PER_MEMBER_S

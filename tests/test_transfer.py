@@ -91,6 +91,7 @@ def small_weights(tmp_path_factory):
 
 
 @pytest.mark.parametrize("input_shape", [(8, 8, 1), (64, 64, 3)], ids=["8x8x1", "64x64x3"])
+@pytest.mark.integration
 def test_folder_weights_load_and_train(small_weights, input_shape):
     folder, saved = small_weights
     source = WeightsSource(weights_dir=str(folder), download=False)
@@ -165,6 +166,7 @@ def test_a_damaged_original_file_is_refused(tmp_path):
         backbones.find_weights(spec, WeightsSource(str(tmp_path)))
 
 
+@pytest.mark.integration
 def test_another_backbones_file_is_refused_in_one_line(small_weights, tmp_path):
     folder, _ = small_weights
     large = BACKBONES["MobileNetV3Large"]
@@ -176,6 +178,7 @@ def test_another_backbones_file_is_refused_in_one_line(small_weights, tmp_path):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.integration
 def test_frozen_trains_only_the_head_and_fine_tuning_the_top_layers(small_weights):
     source = WeightsSource(str(small_weights[0]))
     frozen = transfer.build(_hp(dense_units=16), (32, 32, 3), CLASSES, weights=source)
@@ -249,6 +252,7 @@ def _tune(root, weights_dir):
     return tune_main(["--params", "params.yaml"])
 
 
+@pytest.mark.integration
 def test_tune_searches_the_family_and_train_rebuilds_it_with_the_same_weights(
     digits, project, small_weights, tmp_path, capsys
 ):
@@ -273,6 +277,7 @@ def test_tune_searches_the_family_and_train_rebuilds_it_with_the_same_weights(
     assert _same(_loaded(model, SMALL).get_weights(), saved)
 
 
+@pytest.mark.integration
 def test_a_tune_stage_without_weights_fails_the_trial_naming_the_file(
     digits, project, tmp_path, capsys
 ):

@@ -58,6 +58,7 @@ def tuned(digits, project):
     return Tuned
 
 
+@pytest.mark.integration
 def test_search_records_every_trial_in_mlflow_and_writes_the_leaderboard(tuned):
     assert tuned.run(max_trials=3, max_epochs=2) == 0
     client = mlflow_client(tuned.root)
@@ -127,6 +128,7 @@ def test_search_records_every_trial_in_mlflow_and_writes_the_leaderboard(tuned):
     assert client.get_run(parent.info.run_id).data.metrics["budget_search_seconds"] > 0
 
 
+@pytest.mark.integration
 def test_rerun_of_a_finished_search_reattaches_and_adds_nothing(tuned, capsys):
     assert tuned.run(max_trials=2) == 0
     assert tuned.run(max_trials=2) == 0
@@ -136,6 +138,7 @@ def test_rerun_of_a_finished_search_reattaches_and_adds_nothing(tuned, capsys):
     assert len(trials) == 2
 
 
+@pytest.mark.integration
 def test_raising_max_trials_extends_the_same_search(tuned):
     assert tuned.run(max_trials=1) == 0
     assert tuned.run(max_trials=3) == 0
@@ -144,6 +147,7 @@ def test_raising_max_trials_extends_the_same_search(tuned):
     assert sorted(r.data.tags["trial_id"] for r in trials) == ["0", "1", "2"]
 
 
+@pytest.mark.integration
 def test_models_over_max_params_fail_and_end_the_stage_after_the_limit(tuned, capsys):
     with pytest.raises(SearchFailedError, match="consecutive failures") as err:
         tuned.run(max_trials=5, max_params=10, max_consecutive_failed_trials=2)
@@ -162,6 +166,7 @@ def test_models_over_max_params_fail_and_end_the_stage_after_the_limit(tuned, ca
     assert "FAILED: FailedTrialError" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_nan_loss_marks_the_trial_invalid_and_it_is_retried(tuned):
     space = json.loads(json.dumps(TINY_SPACE))
     space["families"] = {"mlp": TINY_SPACE["families"]["mlp"]}
@@ -179,6 +184,7 @@ def test_nan_loss_marks_the_trial_invalid_and_it_is_retried(tuned):
     assert read_leaderboard(tuned.root)[0]["status"] == "FAILED"
 
 
+@pytest.mark.integration
 def test_a_tiny_time_budget_stops_early_and_still_writes_outputs(tuned, capsys):
     tiny = {"minutes": 0.0002, "reserve_minutes": 0, "search_share": 0.5}
     assert tuned.run(max_trials=10, max_epochs=5, budget=tiny) == 0
@@ -197,6 +203,7 @@ def test_a_tiny_time_budget_stops_early_and_still_writes_outputs(tuned, capsys):
     assert "time budget spent" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_a_search_that_stops_improving_ends_and_leaves_its_time_to_the_final_training(
     tuned, capsys
 ):
@@ -212,6 +219,7 @@ def test_a_search_that_stops_improving_ends_and_leaves_its_time_to_the_final_tra
     assert record["search_seconds"] < record["planned_search_seconds"]
 
 
+@pytest.mark.integration
 def test_best_hparams_lists_the_next_best_configurations_for_the_final_ensemble(tuned):
     assert tuned.run(max_trials=3) == 0
     best = read_best(tuned.root)
@@ -295,6 +303,7 @@ def test_a_promotion_of_the_best_configuration_does_not_restart_the_patience_cou
     assert not oracle.stalled()
 
 
+@pytest.mark.integration
 def test_a_stalled_search_resumes_with_more_patience_and_goes_on(tuned, capsys):
     assert tuned.run(max_trials=30, patience_trials=1) == 0
     first = len(read_leaderboard(tuned.root))
@@ -304,6 +313,7 @@ def test_a_stalled_search_resumes_with_more_patience_and_goes_on(tuned, capsys):
     assert len(read_leaderboard(tuned.root)) == first + 2
 
 
+@pytest.mark.integration
 def test_in_epochs_mode_the_search_runs_all_its_trials_whatever_the_patience(tuned):
     assert tuned.run(max_trials=3, patience_trials=1, budget={"mode": "epochs"}) == 0
     assert len(read_leaderboard(tuned.root)) == 3
@@ -311,6 +321,7 @@ def test_in_epochs_mode_the_search_runs_all_its_trials_whatever_the_patience(tun
     assert record["search_stop"] == "all trials done"
 
 
+@pytest.mark.integration
 def test_changed_settings_refuse_to_resume_until_resume_is_false(tuned):
     assert tuned.run(max_trials=1) == 0
     with pytest.raises(TuneStateError, match=r"tune.algorithm 'random' -> 'bayesian'.*resume"):
@@ -325,6 +336,7 @@ def test_changed_settings_refuse_to_resume_until_resume_is_false(tuned):
     assert len(parents) == 2
 
 
+@pytest.mark.integration
 def test_a_torn_state_file_is_an_error_and_nothing_is_wiped(tuned):
     assert tuned.run(max_trials=1) == 0
     oracle = tuned.root / "models" / "tuner" / "search" / "oracle.json"
@@ -337,6 +349,7 @@ def test_a_torn_state_file_is_an_error_and_nothing_is_wiped(tuned):
         tuned.run(max_trials=1)
 
 
+@pytest.mark.integration
 def test_a_trial_created_just_before_a_kill_is_trained_when_the_search_resumes(tuned):
     """A kill between Keras Tuner writing a new trial's trial.json and oracle.json leaves a
     RUNNING trial that oracle.json does not list; the resumed search must train it, not
@@ -361,6 +374,7 @@ def test_a_trial_created_just_before_a_kill_is_trained_when_the_search_resumes(t
     assert len(read_leaderboard(tuned.root)) == 2
 
 
+@pytest.mark.integration
 def test_orphaned_running_runs_of_dead_processes_are_marked_killed(tuned):
     assert tuned.run(max_trials=1) == 0
     client = mlflow_client(tuned.root)
@@ -376,6 +390,7 @@ def test_orphaned_running_runs_of_dead_processes_are_marked_killed(tuned):
     assert client.get_run(other_host.info.run_id).info.status == "RUNNING"
 
 
+@pytest.mark.integration
 def test_experiment_name_and_tracking_uri_come_from_params_or_the_environment(
     tuned, monkeypatch, tmp_path
 ):
@@ -392,6 +407,7 @@ def test_experiment_name_and_tracking_uri_come_from_params_or_the_environment(
 
 
 @pytest.mark.parametrize("algorithm", ["hyperband", "bayesian", "grid"])
+@pytest.mark.integration
 def test_every_algorithm_runs_a_search(tuned, algorithm):
     # hyperband with max_epochs 2, factor 2: a 1-epoch round, then the best trial continues.
     extra = {"hyperband_factor": 2} if algorithm == "hyperband" else {}
@@ -406,6 +422,7 @@ def test_every_algorithm_runs_a_search(tuned, algorithm):
         assert not any(k.startswith("tuner/") for r in trials for k in r.data.params)
 
 
+@pytest.mark.integration
 def test_mixed_precision_and_jit_switches_reach_every_trial(tuned):
     assert tuned.run(max_trials=2, mixed_precision=True, jit_compile=False) == 0
     _, trials = parent_and_trials(mlflow_client(tuned.root))
@@ -413,6 +430,7 @@ def test_mixed_precision_and_jit_switches_reach_every_trial(tuned):
     assert all(r.info.status == "FINISHED" for r in trials)
 
 
+@pytest.mark.integration
 def test_changed_data_starts_a_fresh_search(tuned, capsys):
     # New images (a retrain): the saved trials were scored on other data.
     assert tuned.run(max_trials=2) == 0
@@ -428,6 +446,7 @@ def test_changed_data_starts_a_fresh_search(tuned, capsys):
     assert len(parents) == 2  # a new parent run, not the old one re-attached
 
 
+@pytest.mark.integration
 def test_a_budget_ends_a_search_midway_and_the_stage_succeeds(tuned):
     # All of it for the search (search_share 1): no final training, so nothing is skipped
     # as too slow for one.
@@ -438,11 +457,13 @@ def test_a_budget_ends_a_search_midway_and_the_stage_succeeds(tuned):
     assert all(r["status"] == "COMPLETED" for r in board)
 
 
+@pytest.mark.integration
 def test_executions_per_trial_train_each_trial_that_many_times(tuned):
     assert tuned.run(max_trials=1, executions_per_trial=2) == 0
     assert read_leaderboard(tuned.root)[0]["epochs"] == "2"  # 1 epoch x 2 executions
 
 
+@pytest.mark.integration
 def test_the_cli_exits_1_with_one_line_when_every_trial_fails(tuned):
     from tests.conftest import run_cli
 
@@ -507,6 +528,7 @@ def _running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+@pytest.mark.integration
 def test_epochs_mode_runs_the_same_trials_with_the_same_scores_on_a_slower_machine(
     tuned, monkeypatch
 ):
@@ -534,6 +556,7 @@ def _with_seeds(*seeds: dict) -> dict:
     return space
 
 
+@pytest.mark.integration
 def test_the_seeds_are_tried_first_in_order_and_a_resume_does_not_repeat_them(tuned):
     cnn = {"family": "simple_cnn", "filters": 16, "dropout": 0.1, "optimizer": "sgd"}
     mlp = {"family": "mlp", "units": 64, "learning_rate": 5.0e-3}
@@ -559,6 +582,7 @@ def test_the_seeds_are_tried_first_in_order_and_a_resume_does_not_repeat_them(tu
     assert all(v != first and v != second for v in later)
 
 
+@pytest.mark.integration
 def test_configurations_too_slow_for_the_final_training_are_skipped_not_failed(tuned, capsys):
     # 30 s of search, 10 s left for the final training after its finishing: no model can
     # train a million epochs there. The first two trials (seeds too slow for this machine)
@@ -583,6 +607,7 @@ def test_configurations_too_slow_for_the_final_training_are_skipped_not_failed(t
     assert "1 trial(s) completed, 0 failed, 3 skipped as too slow for the budget" in err
 
 
+@pytest.mark.integration
 def test_hyperband_screens_on_fewer_images_and_promotions_use_them_all(tuned, monkeypatch, capsys):
     from pipeline.tuning import tuner as tuner_module
 

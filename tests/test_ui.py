@@ -78,6 +78,7 @@ def test_a_port_in_use_is_one_line_suggesting_another(project, no_env_uri, host)
     assert warned == (host == "0.0.0.0")  # only a UI reachable from elsewhere is warned of
 
 
+@pytest.mark.integration
 def test_a_server_that_cannot_start_ends_the_command_with_an_error(project, no_env_uri):
     project.params(mlflow={"tracking_uri": "sqlite:///mlflow.db"})
     (project.path / "mlflow.db").write_text("not a database")
@@ -201,6 +202,7 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
+@pytest.mark.integration
 def test_ui_serves_the_project_store_and_its_artifacts_and_ctrl_c_stops_it(
     project, no_env_uri, start_ui
 ):
