@@ -20,11 +20,11 @@ STAGES = {
     ),
     "tune": (
         "search the architecture families with Keras Tuner; every trial an MLflow run",
-        ("data.dataset", "tune", "pretrained", "budget", "mlflow"),
+        ("data.dataset", "tune", "pretrained", "budget", "imbalance", "mlflow"),
     ),
     "train": (
         "train the best configuration (or train.preset) into models/model.keras",
-        ("data.dataset", "train", "pretrained", "budget", "mlflow"),
+        ("data.dataset", "train", "pretrained", "budget", "imbalance", "mlflow"),
     ),
     "export": (
         "models/model.keras as models/model.onnx and models/model.tflite, checked against it",
@@ -32,11 +32,11 @@ STAGES = {
     ),
     "evaluate": (
         "test-set metrics, plots and reports/report.html",
-        ("data.dataset", "evaluate", "mlflow"),
+        ("data.dataset", "evaluate", "imbalance", "mlflow"),
     ),
     "register": (
         "register the model in MLflow; it becomes @champion only if it beats the current one",
-        ("data.dataset", "register", "mlflow"),
+        ("data.dataset", "register", "imbalance", "mlflow"),
     ),
     "predict": (
         "top-k classes for image files or a .npy batch, with the champion or --model",

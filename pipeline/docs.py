@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
-import annotated_types as at
 from pydantic.fields import FieldInfo
 
 from pipeline.atomic import write_text
@@ -96,10 +95,11 @@ def _allowed(field: FieldInfo) -> str:
     """The range the schema enforces, e.g. '> 0, < 1'; '' where any value of the type goes."""
     bounds = []
     for rule in field.metadata:
+        # pydantic's constraints (annotated_types' Gt, Ge, ..., MinLen) by their fields.
         for attr, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
-            if isinstance(rule, getattr(at, attr.capitalize())):
+            if type(rule).__name__ == attr.capitalize():
                 bounds.append(f"{sign} {getattr(rule, attr)}")
-        if isinstance(rule, at.MinLen):
+        if type(rule).__name__ == "MinLen":
             bounds.append(f"at least {rule.min_length} character")
     return ", ".join(bounds)
 

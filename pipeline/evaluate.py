@@ -133,6 +133,8 @@ def log_to_mlflow(params, info: dict, metrics: dict, files: list[Path]) -> str:
         "test_accuracy": metrics["accuracy"],
         "test_loss": metrics["loss"],
         "test_macro_f1": metrics["macro_f1"],
+        "test_balanced_accuracy": metrics["balanced_accuracy"],
+        "test_never_predicted_classes": len(metrics["never_predicted"]),
     }
     run = existing_run(client, info.get("mlflow_run_id"), exp_id)
     own = run is None
@@ -210,9 +212,16 @@ def main(argv=None) -> int:
     run_id = log_to_mlflow(params, info, metrics, files)
     worst = min(metrics["per_class"].items(), key=lambda kv: kv[1]["f1"])
     log(f"evaluate: per-class F1 lowest for {worst[0]!r} ({worst[1]['f1']:.4f})")
+    if metrics["never_predicted"]:
+        log(
+            f"evaluate: warning: the model never predicts {len(metrics['never_predicted'])} "
+            f"class(es) of the test split: {', '.join(metrics['never_predicted'])} (their "
+            "F1 is 0); with imbalanced classes keep imbalance.class_weights on (auto)"
+        )
     log(
-        f"evaluate: test accuracy {metrics['accuracy']:.4f}, macro F1 "
-        f"{metrics['macro_f1']:.4f}, loss {metrics['loss']:.4f} on {len(y)} images; "
+        f"evaluate: test accuracy {metrics['accuracy']:.4f}, balanced accuracy "
+        f"{metrics['balanced_accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
+        f"loss {metrics['loss']:.4f} on {len(y)} images; "
         f"report {paths.REPORT_HTML} (MLflow run {run_id}) in {time.monotonic() - start:.1f}s"
     )
     return 0

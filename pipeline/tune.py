@@ -69,12 +69,17 @@ def main(argv=None) -> int:
     session = sessions.open_session(params, started_at)
     tuner = chief = None
     try:
+        from pipeline.data.balance import for_training
         from pipeline.data.loader import fit_inputs
         from pipeline.data.splits import load_splits
 
         tune = params.tune
         splits = load_splits(max_train_samples=tune.max_train_samples, seed=tune.seed)
-        tuner = sessions.build_tuner(session, splits)
+        balance = for_training(splits.train.y, splits.num_classes, params)
+        log(f"tune: class balance: {balance.reason}")
+        session.balance = balance
+        session.client.set_tag(session.parent_run_id, "val_metric", balance.metric)
+        tuner = sessions.build_tuner(session, splits, balance=balance)
         sessions.freeze_heap()
         _announce(tuner, splits)
         if args.workers or args.chief:
@@ -90,7 +95,7 @@ def main(argv=None) -> int:
             # The shuffle's order depends on the global seed when the dataset is made, not
             # only on its own: fix both, so a search in epochs mode is the same every time.
             keras.utils.set_random_seed(tune.seed)
-            fit = fit_inputs(splits, tune.batch_size, tune.seed)
+            fit = fit_inputs(splits, tune.batch_size, tune.seed, balance=balance)
             tuner.search(epochs=tune.max_epochs, verbose=0, **fit)
         return sessions.finish(session, tuner.oracle, splits.meta)
     except KeyboardInterrupt:

@@ -39,14 +39,19 @@ def test_metrics_on_a_hand_checked_example_with_an_absent_class():
     assert metrics["macro_f1"] == pytest.approx(1.3 / 4, abs=1e-6)
     expected_loss = -np.mean(np.log([0.9, 0.2, 0.8, 0.6, 0.3]))
     assert metrics["loss"] == pytest.approx(expected_loss, abs=1e-6)
+    # Balanced accuracy: the mean recall over the classes the split holds (d is absent).
+    assert metrics["balanced_accuracy"] == pytest.approx((0.5 + 1.0 + 0.0) / 3, abs=1e-6)
+    assert metrics["never_predicted"] == ["c"]  # d has no test image: nothing to flag
     assert list(metrics) == [
         "accuracy",
         "loss",
+        "balanced_accuracy",
         "macro_f1",
         "macro_precision",
         "macro_recall",
         "num_test",
         "per_class",
+        "never_predicted",
     ]
 
 

@@ -102,17 +102,26 @@ def _metrics_section(metrics: dict) -> str:
         f"<div><div class='muted'>{label}</div><div class='big'>{_fmt(metrics[key])}</div></div>"
         for key, label in (
             ("accuracy", "accuracy"),
+            ("balanced_accuracy", "balanced accuracy"),
             ("macro_f1", "macro F1"),
             ("loss", "cross-entropy loss"),
             ("num_test", "test images"),
         )
+        if key in metrics  # balanced_accuracy: absent from an older metrics.json
     )
     rows = [
         [name, m["precision"], m["recall"], m["f1"], m["support"]]
         for name, m in metrics["per_class"].items()
     ]
     table = _table(["class", "precision", "recall", "F1", "support"], rows, {1, 2, 3, 4})
-    return f"<div class='cards'>{cards}</div><h3>Per class</h3>{table}"
+    never = metrics.get("never_predicted") or []
+    warning = (
+        f"<p><b>The model never predicts {len(never)} class(es):</b> "
+        f"{_e(', '.join(never))} (F1 0).</p>"
+        if never
+        else ""
+    )
+    return f"<div class='cards'>{cards}</div>{warning}<h3>Per class</h3>{table}"
 
 
 def _leaderboard_section(best: list[dict] | None, counts: dict[str, int], info: dict) -> str:

@@ -15,6 +15,7 @@ import keras
 import keras_tuner
 from keras import layers
 
+from pipeline.data.balance import compile_metrics
 from pipeline.families import get_builder
 from pipeline.families.backbones import DEFAULT_WEIGHTS, WeightsSource
 from pipeline.model_input import pixel_inputs
@@ -124,6 +125,7 @@ class CNNHyperModel(keras_tuner.HyperModel):
         jit_compile: bool | str = "auto",
         pretrained: WeightsSource = DEFAULT_WEIGHTS,
         name: str = "cnn_automl",
+        balanced: bool = False,
     ):
         super().__init__(name=name)
         self.space = space
@@ -134,6 +136,8 @@ class CNNHyperModel(keras_tuner.HyperModel):
         self.total_steps = total_steps
         self.jit_compile = jit_compile
         self.pretrained: WeightsSource | None = pretrained
+        # Imbalanced classes: "accuracy" weighted, balanced accuracy on weighted val data.
+        self.balanced = balanced
 
     @contextlib.contextmanager
     def without_pretrained_weights(self) -> Iterator[None]:
@@ -196,8 +200,8 @@ class CNNHyperModel(keras_tuner.HyperModel):
                 total_steps=self.total_steps,
             ),
             loss=classification_loss(common["label_smoothing"]),
-            metrics=["accuracy"],
             jit_compile=self.jit_compile,
+            **compile_metrics(self.balanced),
         )
         return model
 

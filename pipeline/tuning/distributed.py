@@ -227,6 +227,7 @@ def _find_parent(client, exp_id: str) -> str:
 
 def run_worker(params: Params) -> int:
     """Take trials from the chief until it says stop."""
+    from pipeline.data.balance import for_training
     from pipeline.data.loader import fit_inputs
     from pipeline.data.splits import load_splits
 
@@ -234,12 +235,12 @@ def run_worker(params: Params) -> int:
     session = worker_session(params)
     tune = params.tune
     splits = load_splits(max_train_samples=tune.max_train_samples, seed=tune.seed)
-    tuner = sessions.build_tuner(session, splits, worker=True)
+    balance = for_training(splits.train.y, splits.num_classes, params)
+    tuner = sessions.build_tuner(session, splits, worker=True, balance=balance)
     sessions.freeze_heap()
+    fit = fit_inputs(splits, tune.batch_size, tune.seed, balance=balance)
     try:
-        tuner.search(
-            epochs=tune.max_epochs, verbose=0, **fit_inputs(splits, tune.batch_size, tune.seed)
-        )
+        tuner.search(epochs=tune.max_epochs, verbose=0, **fit)
     except KeyboardInterrupt:
         tuner.abort_trial("KILLED")
         raise

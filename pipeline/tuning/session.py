@@ -55,6 +55,7 @@ class Session:
     started: float = field(default_factory=time.monotonic)
     spent_before: float = 0.0
     ended: bool = False
+    balance: object = None  # data.balance.Balance of the training split, once loaded
 
     @property
     def tune(self):
@@ -213,8 +214,10 @@ def reattach_parent(client, saved: dict, exp_id: str) -> str | None:
     return run_id
 
 
-def build_tuner(session: Session, splits, worker: bool = False):
-    """The hypermodel, oracle and tuner for this session (reloading a saved search)."""
+def build_tuner(session: Session, splits, worker: bool = False, balance=None):
+    """The hypermodel, oracle and tuner for this session (reloading a saved search).
+
+    ``balance`` (``data.balance.Balance``): when active, trials score balanced accuracy."""
     import keras
 
     from pipeline.data.splits import steps_per_epoch
@@ -247,6 +250,7 @@ def build_tuner(session: Session, splits, worker: bool = False):
         total_steps=steps_per_epoch(len(splits.train), tune.batch_size) * tune.max_epochs,
         jit_compile=jit,
         pretrained=WeightsSource(**session.params.pretrained.model_dump()),
+        balanced=balance is not None and balance.active,
     )
     oracle = make_oracle(tune, session.deadline)
     oracle.seed_queue = [session.space.seed_values(seed) for seed in session.space.seeds]
@@ -345,6 +349,9 @@ def finish(session: Session, oracle, splits_meta: dict) -> int:
         "mlflow_parent_run_id": session.parent_run_id,
         "mlflow_experiment_id": session.experiment_id,
     }
+    if session.balance is not None:
+        # What val_accuracy means here: balanced accuracy when the classes are skewed.
+        context["class_balance"] = session.balance.record()
     best = outputs.best_hparams(oracle, run_ids, context)
     reason = oracle.stop_reason or "all trials done"
     _write_budget(session, best, reason)
