@@ -8,9 +8,11 @@ the pipeline uses of a Keras model (``input_shape``, ``output_shape``, ``predict
 predict runs an exported file as it runs a ``.keras`` one.
 """
 
+import contextlib
 import os
 import warnings
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +47,12 @@ def export_model(model, path: Path, fmt: str, check: Callable[[Path], None] | No
         )
 
     frozen = inference_model(model)
+    inlined = _normalization_inlined(frozen) if fmt == "onnx" else contextlib.nullcontext()
 
     def writer(tmp: Path) -> None:
         named = tmp.with_name(tmp.name + FORMATS[fmt])  # the LiteRT exporter wants the suffix
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), inlined:
                 # Keras' tf2onnx patch probes the removed ``np.object``: a FutureWarning.
                 warnings.simplefilter("ignore", FutureWarning)
                 frozen.export(str(named), format=fmt, verbose=False)
@@ -77,6 +80,58 @@ def inference_model(model):
     frozen = keras.Model(inputs, model(inputs, training=False), name=model.name)
     frozen(np.zeros((1, *model.input_shape[1:]), dtype=np.float32))  # export wants it called
     return frozen
+
+
+# The versions _normalization_inlined was checked with (tf2onnx's from_function; Keras'
+# Normalization keeping its statistics as tensors in ``mean`` and ``variance``).
+INLINE_CHECKED = {"tf2onnx": ("1.17.",), "keras": ("3.15.",)}
+
+
+@contextlib.contextmanager
+def _normalization_inlined(model):
+    """While exporting to ONNX: each ``Normalization`` layer's statistics as numpy arrays.
+
+    Keras' ``Normalization`` (EfficientNetV2's built-in preprocessing) keeps its mean and
+    variance as tensors made in ``build``; the traced function captures them, and tf2onnx's
+    ``convert.from_function`` makes every captured tensor that is not a variable an input
+    of the ONNX graph, so the file would ask callers for the mean and variance. Numpy arrays
+    are traced as constants instead. The layers get their tensors back afterwards.
+    """
+    found = [layer for layer in _all_layers(model) if _is_fixed_normalization(layer)]
+    if not found:
+        yield
+        return
+    for dist, prefixes in INLINE_CHECKED.items():
+        version = metadata.version(dist)
+        if not version.startswith(prefixes):
+            raise PipelineError(
+                f"ONNX export: the Normalization workaround (pipeline/deploy.py) was checked "
+                f"with {dist} {', '.join(p + 'x' for p in prefixes)}, not {version}; check that "
+                "tf2onnx still makes captured tensors graph inputs, then update INLINE_CHECKED"
+            )
+    saved = [(layer, layer.mean, layer.variance) for layer in found]
+    try:
+        for layer in found:
+            layer.mean, layer.variance = np.asarray(layer.mean), np.asarray(layer.variance)
+        yield
+    finally:
+        for layer, mean, variance in saved:
+            layer.mean, layer.variance = mean, variance
+
+
+def _is_fixed_normalization(layer) -> bool:
+    import keras
+
+    return isinstance(layer, keras.layers.Normalization) and layer.mean is not None
+
+
+def _all_layers(model):
+    """Every layer of ``model``, nested models' layers included (not the models themselves)."""
+    for layer in model.layers:
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+        else:
+            yield layer
 
 
 class Exported:
@@ -112,7 +167,7 @@ class Exported:
         self._session = onnxruntime.InferenceSession(
             str(self.path), options, providers=["CPUExecutionProvider"]
         )
-        (inp,), (out,) = self._session.get_inputs(), self._session.get_outputs()
+        inp, out = _one_each(self._session.get_inputs(), self._session.get_outputs())
         self._input_name = inp.name
         return _shape(inp.shape), _shape(out.shape)
 
@@ -127,9 +182,8 @@ class Exported:
             # TensorFlow's copy warns that it moves to ai-edge-litert: the fallback knows.
             warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter")
             self._interpreter = Interpreter(model_path=str(self.path))
-        (inp,), (out,) = (
-            self._interpreter.get_input_details(),
-            self._interpreter.get_output_details(),
+        inp, out = _one_each(
+            self._interpreter.get_input_details(), self._interpreter.get_output_details()
         )
         self._input, self._output, self._batch = inp["index"], out["index"], None
         return _shape(inp["shape_signature"]), _shape(out["shape_signature"])
@@ -153,6 +207,16 @@ class Exported:
         self._interpreter.set_tensor(self._input, x)
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output).copy()
+
+
+def _one_each(inputs, outputs) -> tuple:
+    """The one input and the one output; ValueError naming what the file has instead."""
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ValueError(
+            f"{len(inputs)} inputs and {len(outputs)} outputs; a classifier of this pipeline "
+            "has one of each"
+        )
+    return inputs[0], outputs[0]
 
 
 def _shape(dims) -> tuple:
