@@ -79,6 +79,8 @@ def stage_parser(stage: str) -> argparse.ArgumentParser:
 
 def params_help(sections: Sequence[str], params_file: str) -> list[str]:
     """Help lines for ``sections`` (or single keys) with the values in force and their source."""
+    if not sections:
+        return ["params it reads: none"]
     params, problem = values_in_force(params_file)
     if problem is None:
         head = [f"params it reads, as {params_file} sets them:"]
