@@ -1,5 +1,7 @@
 """export: ONNX and LiteRT files that predict as the Keras model does, on real digits data.
 
+Every test that trains or exports is ``integration`` (CI runs them; ``make test`` does not).
+
 Tiny models trained for a few epochs on the digits split (no tuning): a plain CNN, one
 with every augmentation layer, an ensemble of the two and a test-time-flips model, each
 exported to both formats and read back by onnxruntime and the LiteRT interpreter.
@@ -88,6 +90,7 @@ def trained(digits):
     return models
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["plain", "augmented", "ensemble", "flips"])
 def test_onnx_and_litert_predict_as_keras_on_the_digits_test_split(
     kind, trained, digits, tmp_path, monkeypatch
@@ -115,6 +118,7 @@ def test_onnx_and_litert_predict_as_keras_on_the_digits_test_split(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.tflite"]
 
 
+@pytest.mark.integration
 def test_export_stage_writes_checked_files_and_predict_runs_them_as_keras(
     digits, trained, project, capsys
 ):
@@ -148,6 +152,7 @@ def test_export_stage_writes_checked_files_and_predict_runs_them_as_keras(
                 assert g["probability"] == pytest.approx(w["probability"], abs=TOLERANCE)
 
 
+@pytest.mark.integration
 def test_without_ai_edge_litert_tensorflows_own_interpreter_runs_the_tflite_file(
     digits, trained, tmp_path, monkeypatch
 ):
@@ -161,6 +166,7 @@ def test_without_ai_edge_litert_tensorflows_own_interpreter_runs_the_tflite_file
     np.testing.assert_allclose(fallback.predict(x_test), with_litert, atol=1e-6)
 
 
+@pytest.mark.integration
 def test_an_export_that_disagrees_with_keras_is_not_written(digits, trained, tmp_path, monkeypatch):
     x_val, _ = _split(digits, "val")
     before = tmp_path / "model.onnx"
@@ -181,6 +187,7 @@ def test_an_unreadable_exported_file_is_a_one_line_error(tmp_path):
         deploy.Exported(tmp_path / "model.tflite")
 
 
+@pytest.mark.integration
 def test_register_stores_both_exported_files_with_the_model_version(reg_project):
     root = reg_project.path
     write_candidate(root, "good")
