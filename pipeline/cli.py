@@ -32,11 +32,11 @@ STAGES = {
     ),
     "evaluate": (
         "test-set metrics, plots and reports/report.html",
-        ("data.dataset", "evaluate", "imbalance", "mlflow"),
+        ("data.dataset", "evaluate", "mlflow"),
     ),
     "register": (
         "register the model in MLflow; it becomes @champion only if it beats the current one",
-        ("data.dataset", "register", "imbalance", "mlflow"),
+        ("data.dataset", "register", "mlflow"),
     ),
     "predict": (
         "top-k classes for image files or a .npy batch, with the champion or --model",

@@ -317,7 +317,7 @@ class RegisterParams(_Section):
 
 class ImbalanceParams(_Section):
     """Class weights and a balanced score when the training split's classes are skewed
-    (read by tune, train, evaluate and register)."""
+    (read by tune and train; register's gate follows train's choice)."""
 
     class_weights: Literal["auto", "on", "off"] = Field(
         "auto",

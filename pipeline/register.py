@@ -21,11 +21,12 @@ from pipeline import atomic, paths, runtime, tracking
 from pipeline.cli import guarded, stage_parser
 from pipeline.config import load_params
 from pipeline.console import log
+from pipeline.data.balance import sample_weights
 from pipeline.data.splits import load_meta, load_split
 from pipeline.errors import DataError, PipelineError
 from pipeline.fileio import read_json, sha256_of
 from pipeline.registry import models
-from pipeline.registry.gate import Decision, decide
+from pipeline.registry.gate import Decision, decide, score
 from pipeline.registry.names import CHALLENGER, CHAMPION, SHA_TAG, model_name
 
 GATE_SPLIT = "gate"
@@ -64,7 +65,8 @@ class Candidate:
     class_names: list[str]
     x_gate: object  # the gate split (its images stream from disk)
     correct: np.ndarray  # per gate image: whether the candidate is right
-    gate_accuracy: float
+    gate_weights: np.ndarray | None  # per gate image: 1 / count(class) for skewed classes
+    gate_accuracy: float  # balanced accuracy when gate_weights is not None
     test_accuracy: float
     model_sha: str
     data_sha: str
@@ -119,7 +121,9 @@ def main(argv=None) -> int:
 
 def check_candidate() -> Candidate:
     """Read the metrics, model_info.json, the gate split and ``models/model.keras``, check
-    that they agree (DataError otherwise), and score the model on the gate split."""
+    that they agree (DataError otherwise), and score the model on the gate split: its
+    accuracy, or its balanced accuracy when train weighted the classes
+    (``model_info.json``'s ``class_balance``: ``imbalance.*`` on the training split)."""
     metrics = read_metrics()
     info = read_model_info()
     meta = load_meta()
@@ -149,13 +153,19 @@ def check_candidate() -> Candidate:
             f"{paths.MODEL}: {probs.shape[1]} outputs for {len(class_names)} classes; rerun train"
         )
     correct = probs.argmax(axis=1) == x_gate.y
+    weights = None
+    balance = info.get("class_balance") or {}
+    if balance.get("class_weights"):  # train chose by balanced accuracy: so does the gate
+        log(f"register: the gate compares balanced accuracies ({balance.get('reason')})")
+        weights = sample_weights(x_gate.y, len(class_names))
     meta_file = paths.PROCESSED / paths.META_FILE
     return Candidate(
         info=info,
         class_names=class_names,
         x_gate=x_gate,
         correct=correct,
-        gate_accuracy=float(correct.mean()),
+        gate_weights=weights,
+        gate_accuracy=score(correct, weights),
         test_accuracy=float(metrics["accuracy"]),
         model_sha=sha256_of(paths.MODEL),
         data_sha=tracking.data_tags(meta_file)["data.sha256"],
@@ -214,10 +224,12 @@ def judge(
         before = {"version": champion_version, "gate_accuracy": champ_acc}
         if champ_correct is None:
             return Decision(False, why_not), before
+        before["gate_accuracy"] = score(champ_correct, cand.gate_weights)
     label = f"{CHAMPION} v{champion_version}" if champion_version is not None else CHAMPION
     decision = decide(
         cand.correct, champ_correct, min_delta, significance, label,
         f"the {GATE_SPLIT} split ({len(y_gate)} images)",
+        weights=cand.gate_weights,
     )  # fmt: skip
     return decision, before
 

@@ -69,17 +69,14 @@ def main(argv=None) -> int:
     session = sessions.open_session(params, started_at)
     tuner = chief = None
     try:
-        from pipeline.data.balance import for_training
         from pipeline.data.loader import fit_inputs
         from pipeline.data.splits import load_splits
 
         tune = params.tune
         splits = load_splits(max_train_samples=tune.max_train_samples, seed=tune.seed)
-        balance = for_training(splits.train.y, splits.num_classes, params)
-        log(f"tune: class balance: {balance.reason}")
-        session.balance = balance
-        session.client.set_tag(session.parent_run_id, "val_metric", balance.metric)
-        tuner = sessions.build_tuner(session, splits, balance=balance)
+        balance, lr_scale = sessions.fit_to_data(session, splits)
+        tune = session.tune  # the batch may be capped for large images
+        tuner = sessions.build_tuner(session, splits, balance=balance, lr_scale=lr_scale)
         sessions.freeze_heap()
         _announce(tuner, splits)
         if args.workers or args.chief:

@@ -126,6 +126,7 @@ class CNNHyperModel(keras_tuner.HyperModel):
         pretrained: WeightsSource = DEFAULT_WEIGHTS,
         name: str = "cnn_automl",
         balanced: bool = False,
+        lr_scale: float = 1.0,
     ):
         super().__init__(name=name)
         self.space = space
@@ -138,6 +139,8 @@ class CNNHyperModel(keras_tuner.HyperModel):
         self.pretrained: WeightsSource | None = pretrained
         # Imbalanced classes: "accuracy" weighted, balanced accuracy on weighted val data.
         self.balanced = balanced
+        # A batch capped for large images (data.sizing.batch_for_input) scales the rates.
+        self.lr_scale = float(lr_scale)
 
     @contextlib.contextmanager
     def without_pretrained_weights(self) -> Iterator[None]:
@@ -192,7 +195,7 @@ class CNNHyperModel(keras_tuner.HyperModel):
         model.compile(
             optimizer=build_optimizer(
                 opt["name"],
-                opt["learning_rate"],
+                opt["learning_rate"] * self.lr_scale,
                 momentum=opt["momentum"],
                 nesterov=opt["nesterov"],
                 adamw_weight_decay=opt.get("adamw_weight_decay"),

@@ -1,6 +1,7 @@
 """The final training's Keras model: a preset, or the tuned trial rebuilt from its search space."""
 
 from pipeline.config import Params
+from pipeline.data.balance import compile_metrics
 from pipeline.errors import ConfigError
 from pipeline.training import plan as plans
 
@@ -16,13 +17,17 @@ def build_model(
     seed: int | None = None,
     fresh: bool = True,
     timed: bool = False,
+    balanced: bool = False,
+    lr_scale: float = 1.0,
 ):
     """A compiled model for ``plan``, its weights seeded with ``seed`` (``train.seed`` by
     default), its learning-rate schedule (if any) sized to ``epochs``.
 
     ``fresh``: clear Keras' session first; False builds beside models already built (the
     members of an ensemble). ``timed``: a tuned model's cosine schedule is left to
-    ``BudgetCosine`` (a constant rate it sets at each epoch)."""
+    ``BudgetCosine`` (a constant rate it sets at each epoch). ``balanced``: imbalanced
+    classes, accuracy weighted (``data.balance``); ``lr_scale``: multiplies the learning
+    rate, for a batch capped at large images (``data.sizing.batch_for_input``)."""
     import keras
 
     if fresh:
@@ -43,9 +48,9 @@ def build_model(
                 "preprocess.image_size"
             ) from None
         model.compile(
-            optimizer=keras.optimizers.Adam(PRESET_LEARNING_RATE),
+            optimizer=keras.optimizers.Adam(PRESET_LEARNING_RATE * lr_scale),
             loss=keras.losses.SparseCategoricalCrossentropy(),
-            metrics=["accuracy"],
+            **compile_metrics(balanced),
         )
         return model
     from pipeline.families.backbones import WeightsSource
@@ -62,13 +67,16 @@ def build_model(
         dataset=params.data.dataset,
         total_steps=steps_per_epoch * epochs,
         pretrained=WeightsSource(**params.pretrained.model_dump()),
+        balanced=balanced,
+        lr_scale=lr_scale,
     )
 
 
 def rebuild_tuned(space_file, hyperparameters: dict, input_shape, num_classes: int, **kwargs):
     """The tuned trial's model, compiled, from its search space and hyperparameter values.
 
-    ``kwargs`` go to ``CNNHyperModel`` (``dataset``, ``total_steps``, ``pretrained``).
+    ``kwargs`` go to ``CNNHyperModel`` (``dataset``, ``total_steps``, ``pretrained``,
+    ``balanced``, ``lr_scale``).
     """
     import keras_tuner
 

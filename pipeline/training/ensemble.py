@@ -36,24 +36,29 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(probabilities, axis=1) == labels))
 
 
-def choose(val_probabilities: Sequence[np.ndarray], labels: np.ndarray) -> tuple[list[int], float]:
-    """Greedy forward selection: (the members kept, by index, and their average's accuracy).
+def choose(
+    val_probabilities: Sequence[np.ndarray], labels: np.ndarray, score=None
+) -> tuple[list[int], float]:
+    """Greedy forward selection: (the members kept, by index, and their average's score).
 
-    The most accurate member first; each next one, in order of its own accuracy, is kept
-    when the average with it is strictly more accurate than without it.
+    The best-scoring member first; each next one, in order of its own score, is kept when
+    the average with it scores strictly higher than without it. ``score(probabilities,
+    labels)``: ``accuracy`` by default (``data.balance.balanced_accuracy`` for skewed
+    classes).
     """
+    score = accuracy if score is None else score
     labels = np.asarray(labels)
-    singles = [accuracy(p, labels) for p in val_probabilities]
+    singles = [score(p, labels) for p in val_probabilities]
     order = sorted(range(len(singles)), key=lambda i: (-singles[i], i))
     kept = [order[0]]
     total = np.array(val_probabilities[order[0]], dtype=np.float64)
     best = singles[order[0]]
     for i in order[1:]:
         candidate = total + val_probabilities[i]
-        score = accuracy(candidate, labels)
-        if score > best:
+        candidate_score = score(candidate, labels)
+        if candidate_score > best:
             kept.append(i)
-            total, best = candidate, score
+            total, best = candidate, candidate_score
     return kept, best
 
 

@@ -31,18 +31,27 @@ def mirrors(augmentations) -> bool:
     )
 
 
-def val_accuracies(model, split, chunk: int = CHUNK) -> tuple[float, float]:
-    """Validation accuracy of ``model`` alone, and averaged with its mirror-image predictions."""
-    plain = averaged = 0
+def val_accuracies(model, split, chunk: int = CHUNK, balanced: bool = False) -> tuple[float, float]:
+    """Validation accuracy of ``model`` alone, and averaged with its mirror-image predictions
+    (``balanced``: balanced accuracies, the mean of the per-class recalls)."""
+    classes = int(model.output_shape[-1])
+    images = np.zeros(classes)
+    plain, averaged = np.zeros(classes), np.zeros(classes)  # right, per class
     for start in range(0, len(split), chunk):
         x = split[start : start + chunk].astype(np.float32)
-        y = np.asarray(split.y[start : start + chunk])
+        y = np.asarray(split.y[start : start + chunk], dtype=np.int64)
         p = model.predict(x, batch_size=256, verbose=0)
         q = model.predict(x[:, :, ::-1, :], batch_size=256, verbose=0)
-        plain += int(np.sum(np.argmax(p, axis=1) == y))
-        averaged += int(np.sum(np.argmax(p + q, axis=1) == y))
+        images += np.bincount(y, minlength=classes)
+        plain += np.bincount(y, weights=np.argmax(p, axis=1) == y, minlength=classes)
+        averaged += np.bincount(y, weights=np.argmax(p + q, axis=1) == y, minlength=classes)
+    if balanced:
+        present = images > 0
+        return float(np.mean(plain[present] / images[present])), float(
+            np.mean(averaged[present] / images[present])
+        )
     n = max(1, len(split))
-    return plain / n, averaged / n
+    return float(plain.sum() / n), float(averaged.sum() / n)
 
 
 def with_flips(model):
@@ -69,7 +78,12 @@ def has_flips(model) -> bool:
 
 
 def choose_flips(
-    model, kept: list[Plan], params: Params, splits, budget: budgets.TrainingPlan
+    model,
+    kept: list[Plan],
+    params: Params,
+    splits,
+    budget: budgets.TrainingPlan,
+    balanced: bool = False,
 ) -> tuple:
     """The model to save, averaged over mirror images when that raises val accuracy.
 
@@ -100,7 +114,7 @@ def choose_flips(
         if time.time() + cost > budget.deadline - budgets.FINISH_S / 2:
             log("train: no time left to try test-time flips")
             return model, {"test_time_flips": False}
-    plain, mirrored = val_accuracies(model, splits.val)
+    plain, mirrored = val_accuracies(model, splits.val, balanced=balanced)
     keep = mirrored > plain
     log(
         f"train: test-time flips: val_accuracy {plain:.4f} -> {mirrored:.4f} averaged with "

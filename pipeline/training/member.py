@@ -13,6 +13,7 @@ from pathlib import Path
 from pipeline import paths, tracking
 from pipeline.config import Params
 from pipeline.console import log
+from pipeline.data.balance import Balance
 from pipeline.errors import PipelineError
 from pipeline.training import plan as plans
 from pipeline.training.backup import HISTORY_COLUMNS, Backup, best_epoch
@@ -38,6 +39,25 @@ class Job:
     run_id: str
     callbacks: Sequence
     steps: int
+    balance: Balance | None = None  # the training split's class balance (data.balance)
+    lr_scale: float = 1.0  # for a batch capped at large images (data.sizing.batch_for_input)
+
+    @property
+    def balanced(self) -> bool:
+        return self.balance is not None and self.balance.active
+
+    def build(self, plan: plans.Plan, epochs: int, **kwargs):
+        """``build_model`` of ``plan`` for this job's data, balance and learning-rate scale."""
+        return build_model(
+            plan,
+            self.meta,
+            self.params,
+            self.steps,
+            epochs,
+            balanced=self.balanced,
+            lr_scale=self.lr_scale,
+            **kwargs,
+        )
 
 
 @dataclass
@@ -92,7 +112,7 @@ def train_member(
     deadline = DeadlineStop(deadline_at)
     fills = timed and number == count
     epochs, schedule, planned = _budget_schedule(
-        plan, train_params, timed, fills, epochs, count, deadline, estimate
+        plan, train_params, timed, fills, epochs, count, deadline, estimate, job.lr_scale
     )
     # Val is among the training images with fit_on_val: its accuracy cannot tell when to
     # stop; with a clock the schedule ends with the budget, and stopping early wastes its end.
@@ -166,7 +186,7 @@ def _build_or_restore(
     """The member's model, and the epochs its backup already holds (0: a fresh start)."""
 
     def build():
-        return build_model(plan, job.meta, job.params, job.steps, epochs, seed=seed, timed=timed)
+        return job.build(plan, epochs, seed=seed, timed=timed)
 
     model = build()
     done = backup.open()
@@ -203,13 +223,14 @@ def _budget_schedule(
     count: int,
     clock,
     estimate,
+    lr_scale: float = 1.0,
 ) -> tuple[int, list, int | None]:
     """``(epochs, [BudgetCosine] or [], its planned length or None)`` for the fit."""
     if not timed:
         return epochs, [], None
     from pipeline.budget_callbacks import BudgetCosine
 
-    rate = float(plan.hyperparameters["learning_rate"])
+    rate = float(plan.hyperparameters["learning_rate"]) * lr_scale
     if fills:
         # The plan came from the search's epoch time. The last training's epochs,
         # when faster than that, fill what is left instead of leaving the budget's
@@ -240,7 +261,9 @@ def _fit(
     from pipeline.data.loader import fit_inputs
     from pipeline.training.callbacks import Checkpoint
 
-    fit = fit_inputs(job.splits, job.params.train.batch_size, seed, initial_epoch=done)
+    fit = fit_inputs(
+        job.splits, job.params.train.batch_size, seed, initial_epoch=done, balance=job.balance
+    )
     model.fit(
         epochs=epochs,
         initial_epoch=done,

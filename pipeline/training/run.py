@@ -19,6 +19,8 @@ from pipeline import atomic, paths, tracking
 from pipeline import budget as budgets
 from pipeline.config import Params
 from pipeline.console import log
+from pipeline.data.balance import balanced_accuracy, for_training
+from pipeline.data.sizing import batch_for_input
 from pipeline.errors import PipelineError
 from pipeline.fileio import read_json
 from pipeline.model_input import INPUT_PIXELS
@@ -26,7 +28,6 @@ from pipeline.redact import redact
 from pipeline.training import plan as plans
 from pipeline.training import schedule
 from pipeline.training.backup import HISTORY_COLUMNS, history_text
-from pipeline.training.build import build_model
 from pipeline.training.member import (
     LOWER_RATE,
     Job,
@@ -62,12 +63,15 @@ def train(
         train_params = params.train.model_copy(update={"fit_on_val": False})
         params = params.model_copy(update={"train": train_params})
     meta = load_meta()
+    params, lr_scale = _batch_for_input(params, meta)
     data = tracking.data_tags(paths.PROCESSED / paths.META_FILE)
     for warning in plans.check_data(plan, meta, params, data["data.sha256"]):
         log(warning)
     fingerprint = plans.fingerprint(plan, params, data["data.sha256"], meta)
 
     splits = load_splits()
+    balance = for_training(splits.train.y, splits.num_classes, params)
+    log(f"train: class balance: {balance.reason}")
     if params.train.fit_on_val:
         log(
             f"train: training on the training and validation images together "
@@ -91,8 +95,13 @@ def train(
         )
         _log_plan(budget, params)
         steps = steps_per_epoch(len(splits.train), params.train.batch_size)
-        job = Job(plan, meta, params, splits, fingerprint, client, run_id, callbacks, steps)
+        job = Job(
+            plan, meta, params, splits, fingerprint, client, run_id, callbacks, steps,
+            balance=balance, lr_scale=lr_scale,
+        )  # fmt: skip
         info = _train(job, export, budget)
+        info["class_balance"] = balance.record()
+        info["batch_size"] = params.train.batch_size
         info.update(mlflow_run_id=run_id, mlflow_experiment_id=exp_id)
         atomic.write_json(paths.MODEL_INFO, info)
         _log_outputs(client, run_id, info)
@@ -110,6 +119,17 @@ def train(
         _record_budget(record, client, run_id, plan)
     _log_summary(info, plan, export, time.monotonic() - started)
     return info
+
+
+def _batch_for_input(params: Params, meta: dict) -> tuple[Params, float]:
+    """``params`` with ``train.batch_size`` capped for large images, and the learning-rate
+    scale that goes with it (``data.sizing.batch_for_input``)."""
+    choice = batch_for_input(params.train.batch_size, meta["input_shape"])
+    if choice.batch_size != params.train.batch_size:
+        log(f"train: {choice.reason}")
+        train_params = params.train.model_copy(update={"batch_size": choice.batch_size})
+        params = params.model_copy(update={"train": train_params})
+    return params, choice.lr_scale
 
 
 def _run_tags(plan: plans.Plan, data: dict) -> dict:
@@ -233,7 +253,7 @@ def _train(job: Job, export: bool, budget: budgets.TrainingPlan) -> dict:
     fit_ended_at = time.time()
     kept, val_accuracy, model = _combine(job, members, count)
     model, flips_record = flips.choose_flips(
-        model, [m.plan for m in kept], job.params, job.splits, budget
+        model, [m.plan for m in kept], job.params, job.splits, budget, balanced=job.balanced
     )
     save.save_model(model)
     if export:
@@ -349,11 +369,12 @@ def _combine(job: Job, members: list[Member], count: int) -> tuple[list[Member],
         return members, members[0].val_accuracy, members[0].model
     splits = job.splits
     probabilities = [m.val_probabilities for m in members]
+    score = balanced_accuracy if job.balanced else ensemble.accuracy
     if job.params.train.fit_on_val:  # val was trained on: it cannot choose members
         kept_at = list(range(len(members)))
-        val_accuracy = ensemble.accuracy(np.mean(probabilities, axis=0), splits.val.y)
+        val_accuracy = score(np.mean(probabilities, axis=0), np.asarray(splits.val.y))
     else:
-        kept_at, val_accuracy = ensemble.choose(probabilities, np.asarray(splits.val.y))
+        kept_at, val_accuracy = ensemble.choose(probabilities, np.asarray(splits.val.y), score)
     kept = [members[i] for i in kept_at]
     log(
         "train: ensemble: members' val_accuracy "
@@ -363,15 +384,7 @@ def _combine(job: Job, members: list[Member], count: int) -> tuple[list[Member],
     )
     models = []
     for position, member in enumerate(kept):
-        model = build_model(
-            member.plan,
-            job.meta,
-            job.params,
-            job.steps,
-            member.planned_epochs,
-            seed=member.seed,
-            fresh=position == 0,
-        )
+        model = job.build(member.plan, member.planned_epochs, seed=member.seed, fresh=position == 0)
         model.load_weights(member.backup.best_weights(member.best_epoch))
         models.append(model)
     return kept, val_accuracy, ensemble.combine(models)

@@ -227,7 +227,6 @@ def _find_parent(client, exp_id: str) -> str:
 
 def run_worker(params: Params) -> int:
     """Take trials from the chief until it says stop."""
-    from pipeline.data.balance import for_training
     from pipeline.data.loader import fit_inputs
     from pipeline.data.splits import load_splits
 
@@ -235,8 +234,9 @@ def run_worker(params: Params) -> int:
     session = worker_session(params)
     tune = params.tune
     splits = load_splits(max_train_samples=tune.max_train_samples, seed=tune.seed)
-    balance = for_training(splits.train.y, splits.num_classes, params)
-    tuner = sessions.build_tuner(session, splits, worker=True, balance=balance)
+    balance, lr_scale = sessions.fit_to_data(session, splits, worker=True)
+    tune = session.tune  # the batch may be capped for large images
+    tuner = sessions.build_tuner(session, splits, worker=True, balance=balance, lr_scale=lr_scale)
     sessions.freeze_heap()
     fit = fit_inputs(splits, tune.batch_size, tune.seed, balance=balance)
     try:

@@ -214,10 +214,34 @@ def reattach_parent(client, saved: dict, exp_id: str) -> str | None:
     return run_id
 
 
-def build_tuner(session: Session, splits, worker: bool = False, balance=None):
+def fit_to_data(session: Session, splits, worker: bool = False) -> tuple:
+    """What the loaded training split decides: its class balance (``session.balance``,
+    noted on the parent run) and, for large images, a smaller ``tune.batch_size`` in
+    ``session.params``; returns ``(balance, learning-rate scale)``."""
+    from pipeline.data.balance import for_training
+    from pipeline.data.sizing import batch_for_input
+
+    params = session.params
+    balance = for_training(splits.train.y, splits.num_classes, params)
+    choice = batch_for_input(params.tune.batch_size, splits.input_shape)
+    if choice.batch_size != params.tune.batch_size:
+        tune = params.tune.model_copy(update={"batch_size": choice.batch_size})
+        session.params = params.model_copy(update={"tune": tune})
+    session.balance = balance
+    if not worker:
+        log(f"tune: class balance: {balance.reason}")
+        if choice.lr_scale != 1.0:
+            log(f"tune: {choice.reason}")
+        session.client.set_tag(session.parent_run_id, "val_metric", balance.metric)
+    return balance, choice.lr_scale
+
+
+def build_tuner(session: Session, splits, worker: bool = False, balance=None, lr_scale=1.0):
     """The hypermodel, oracle and tuner for this session (reloading a saved search).
 
-    ``balance`` (``data.balance.Balance``): when active, trials score balanced accuracy."""
+    ``balance`` (``data.balance.Balance``): when active, trials score balanced accuracy;
+    ``lr_scale``: multiplies every trial's learning rate (a batch capped for large images).
+    """
     import keras
 
     from pipeline.data.splits import steps_per_epoch
@@ -251,6 +275,7 @@ def build_tuner(session: Session, splits, worker: bool = False, balance=None):
         jit_compile=jit,
         pretrained=WeightsSource(**session.params.pretrained.model_dump()),
         balanced=balance is not None and balance.active,
+        lr_scale=lr_scale,
     )
     oracle = make_oracle(tune, session.deadline)
     oracle.seed_queue = [session.space.seed_values(seed) for seed in session.space.seeds]
