@@ -45,9 +45,12 @@ class DeadlineStop(keras.callbacks.Callback):
     the epoch) and before callbacks that save state at the epoch's end.
     """
 
-    def __init__(self, deadline: float | None):
+    def __init__(self, deadline: float | None, clock=time.monotonic, now=time.time):
+        """``clock``: seconds for intervals; ``now``: wall time, as ``deadline`` is (tests
+        pass fakes of both instead of sleeping)."""
         super().__init__()
         self.deadline = deadline
+        self._clock, self._now = clock, now
         self.epoch_times: list[float] = []
         self.steady_times: list[float] = []
         self.val_times: list[float] = []  # each epoch's validation pass, without stalls
@@ -57,20 +60,25 @@ class DeadlineStop(keras.callbacks.Callback):
         self._test: list[float] = []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start = self._last = time.monotonic()
+        self._start = self._last = self._clock()
         self._train, self._test = [], []
 
     def on_train_batch_end(self, batch, logs=None):
-        self._last = _lap(self._train, self._last)
+        self._last = self._lap(self._train)
 
     def on_test_begin(self, logs=None):
-        self._last = time.monotonic()
+        self._last = self._clock()
 
     def on_test_batch_end(self, batch, logs=None):
-        self._last = _lap(self._test, self._last)
+        self._last = self._lap(self._test)
+
+    def _lap(self, laps: list[float]) -> float:
+        now = self._clock()
+        laps.append(now - self._last)
+        return now
 
     def on_epoch_end(self, epoch, logs=None):
-        took = time.monotonic() - self._start
+        took = self._clock() - self._start
         self.epoch_times.append(took)
         timed = sum(self._train) + sum(self._test)
         train, test = self._train, self._test
@@ -80,15 +88,9 @@ class DeadlineStop(keras.callbacks.Callback):
         self.steady_times.append(min(took, steady + max(0.0, took - timed)))
         if self.deadline is None or epoch + 1 >= (self.params or {}).get("epochs", math.inf):
             return  # no clock, or no next epoch: the deadline stops nothing
-        if not next_epoch_fits(time.time(), self.deadline, self.epoch_times):
+        if not next_epoch_fits(self._now(), self.deadline, self.epoch_times):
             self.fired = True
             self.model.stop_training = True
-
-
-def _lap(laps: list[float], last: float) -> float:
-    now = time.monotonic()
-    laps.append(now - last)
-    return now
 
 
 class BudgetCosine(keras.callbacks.Callback):

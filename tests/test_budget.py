@@ -83,28 +83,59 @@ def test_the_next_epoch_must_fit_before_the_deadline():
     assert not budgets.next_epoch_fits(100.0, 108.0, [9.0])
 
 
+class FakeClock:
+    """Seconds that pass only when the test says so."""
+
+    def __init__(self, start: float = 1000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_the_deadline_stops_training_when_the_next_epoch_would_not_end_in_time():
+    from types import SimpleNamespace
+
+    from pipeline.budget_callbacks import DeadlineStop
+
+    clock = FakeClock()
+    stop = DeadlineStop(deadline=clock.now + 10.0, clock=clock, now=clock)
+    stop.set_model(SimpleNamespace(stop_training=False))
+    stop.set_params({"epochs": 100})
+    for epoch in range(100):
+        stop.on_epoch_begin(epoch)
+        clock.advance(3.0)
+        stop.on_epoch_end(epoch)
+        if stop.model.stop_training:
+            break
+    # Three epochs of 3 s end at 9 s; a fourth would end at 12 s, past the 10 s deadline.
+    assert stop.fired and epoch == 2 and stop.epoch_times == [3.0, 3.0, 3.0]
+
+
 def test_an_epoch_is_timed_without_the_batches_that_stalled_to_compile():
     """On JAX a GPU step takes ~2 ms but a recompile stalls one batch for seconds (H200,
     2026-11-27): a short trial's epoch time would plan the final training 15x too short."""
-    import time
-
     from pipeline.budget_callbacks import DeadlineStop
     from pipeline.tuning.tuner import epoch_timing
 
-    stop = DeadlineStop(None)
+    clock = FakeClock()
+    stop = DeadlineStop(None, clock=clock)
     stop.on_epoch_begin(0)
     for pause in [0.3, 0.01, 0.01, 0.01, 0.01]:  # the first batch compiles
-        time.sleep(pause)
+        clock.advance(pause)
         stop.on_train_batch_end(0)
     stop.on_test_begin()
     for _ in range(2):
-        time.sleep(0.01)
+        clock.advance(0.01)
         stop.on_test_batch_end(0)
     stop.on_epoch_end(0)
     (took,), (steady,) = stop.epoch_times, stop.steady_times
-    assert took >= 0.36
-    assert 0.06 <= steady < 0.2  # seven batches at ~10 ms
-    assert 0.015 <= stop.val_times[0] < 0.1  # two validation batches at ~10 ms
+    assert took == pytest.approx(0.36)
+    assert steady == pytest.approx(0.07)  # seven batches at 10 ms: the stall counts as one
+    assert stop.val_times[0] == pytest.approx(0.02)  # two validation batches at 10 ms
 
     # A trial's steady epoch: the lower of its later epochs and its median-batch epochs.
     assert epoch_timing([[10.7, 6.2]], [[0.6, 0.6]]) == {
