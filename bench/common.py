@@ -10,6 +10,7 @@ lets a bench started as ``python bench/X.py`` import ``pipeline`` and ``bench``.
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -67,20 +68,35 @@ def prepare(workdir: Path, dataset: str, store: list[str]) -> None:
         subprocess.run(cmd, cwd=workdir, env=child_env(), check=True, stdout=sys.stderr)
 
 
+# Linux carries a process's peak RSS across exec: a child forked from a large parent (a
+# pytest worker at 3 GB) reports at least the parent's peak. A small launcher process forks
+# the real command instead and reports what wait4 says of it.
+_LAUNCHER = """import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_measured(cmd: list, cwd: Path, env: dict, stdout=None) -> float:
     """Run ``cmd`` as ``subprocess.run(check=True)`` does; its peak RSS in MB: ``wait4``'s
-    ``ru_maxrss``, the largest of the process and the children it waited for."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=stdout)
-    try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    except BaseException:  # interrupted: leave no side running behind the bench
-        proc.kill()
-        proc.wait()
-        raise
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise subprocess.CalledProcessError(code, cmd)
-    return usage.ru_maxrss / 1024
+    ``ru_maxrss``, the largest of the process and the children it waited for (measured
+    through a small launcher, so the bench's own size does not count)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "maxrss"
+        launch = [sys.executable, "-c", _LAUNCHER, str(report), *map(str, cmd)]
+        proc = subprocess.Popen(launch, cwd=cwd, env=env, stdout=stdout, start_new_session=True)
+        try:
+            code = proc.wait()
+        except BaseException:  # interrupted: leave no side running behind the bench
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        if code != 0:
+            raise subprocess.CalledProcessError(code, cmd)
+        return int(report.read_text()) / 1024
 
 
 def time_to_target(epochs: list, target: float) -> float | None:

@@ -108,6 +108,7 @@ def test_dvc_repro_runs_the_whole_dag_reruns_only_what_changed_and_runs_experime
         "tune",
         "pretrained",
         "budget",
+        "imbalance",
     }
     # dvc repro ran train right after tune: on the run's one clock, within its budget.
     with open(repo / "reports/budget.json") as fh:

@@ -475,6 +475,7 @@ def test_the_cli_exits_1_with_one_line_when_every_trial_fails(tuned):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.integration
 def test_a_local_worker_stops_when_its_chief_is_sigkilled(tmp_path):
     """The worker polls for its chief and SIGTERMs itself once the chief is gone."""
     import os
