@@ -27,7 +27,7 @@ STAGES = {
         ("data.dataset", "train", "pretrained", "budget", "imbalance", "mlflow"),
     ),
     "export": (
-        "models/model.keras as models/model.onnx and models/model.tflite, checked against it",
+        "models/model.keras as models/export/{model.onnx,model.tflite}: those that fit in memory",
         (),
     ),
     "evaluate": (

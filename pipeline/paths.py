@@ -30,8 +30,10 @@ RUN_BUDGET = REPORTS / "budget.json"  # the whole run's plan and seconds spent (
 MLARTIFACTS = Path("mlartifacts")  # artifacts of the default SQLite store
 MODEL = MODELS / "model.keras"  # the trained model (Keras native format)
 SAVED_MODEL = MODELS / "saved_model"  # the same model exported as a TF SavedModel
-MODEL_ONNX = MODELS / "model.onnx"  # the same model for ONNX Runtime (export stage)
-MODEL_TFLITE = MODELS / "model.tflite"  # the same model for LiteRT (export stage)
+# The export stage's folder, replaced as a whole: a format that did not fit in memory is absent.
+EXPORT_DIR = MODELS / "export"
+MODEL_ONNX = EXPORT_DIR / "model.onnx"  # the same model for ONNX Runtime
+MODEL_TFLITE = EXPORT_DIR / "model.tflite"  # the same model for LiteRT
 EXPORT_REPORT = REPORTS / "export.json"  # export stage: sizes, seconds, agreement with Keras
 MODEL_INFO = MODELS / "model_info.json"  # what was trained: config, size, time, MLflow run
 TRAIN_BACKUP = MODELS / "train_backup"  # the resumable training state, kept across runs

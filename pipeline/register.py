@@ -249,13 +249,16 @@ def move_aliases(client, name: str, version: str, promote: bool, champion_versio
 
 
 def exported_files(model_sha: str) -> list[Path]:
-    """The export stage's files made from this very model; [] (with a warning) otherwise."""
+    """The export stage's files made from this very model; [] (with a warning) otherwise.
+
+    A format the export stage skipped (too big for that machine's memory) is absent.
+    """
     files = [p for p in (paths.MODEL_ONNX, paths.MODEL_TFLITE) if p.is_file()]
     report = read_json(paths.EXPORT_REPORT, None) or {}
     if not files or report.get("model_sha256") != model_sha:
         log(
-            f"register: warning: no {paths.MODEL_ONNX} or {paths.MODEL_TFLITE} exported from "
-            f"this {paths.MODEL}; the version gets none (run `python -m pipeline export` first)"
+            f"register: warning: no file in {paths.EXPORT_DIR} exported from this "
+            f"{paths.MODEL}; the version gets none (run `python -m pipeline export` first)"
         )
         return []
     return files

@@ -131,13 +131,17 @@ def test_export_stage_writes_checked_files_and_predict_runs_them_as_keras(
     from pipeline.fileio import sha256_of
 
     assert report["model_sha256"] == sha256_of(root / "models" / "model.keras")
-    assert set(report["formats"]) == {"onnx", "litert"}
-    assert "export: models/model.onnx (onnx" in capsys.readouterr().err
+    assert set(report["formats"]) == {"onnx", "litert"} and report["skipped"] == {}
+    assert "export: models/export/model.onnx (onnx" in capsys.readouterr().err
+    assert sorted(p.name for p in (root / "models" / "export").iterdir()) == [
+        "model.onnx",
+        "model.tflite",
+    ]
 
     x_test, _ = _split(root, "test")
     np.save(root / "batch.npy", x_test[:50].astype(np.uint8))
     outputs = {}
-    for name in ("model.keras", "model.onnx", "model.tflite"):
+    for name in ("model.keras", "export/model.onnx", "export/model.tflite"):
         model = str(root / "models" / name)
         assert predict.main(["--model", model, "--json", "--top-k", "3", "batch.npy"]) == 0
         outputs[name] = json.loads(capsys.readouterr().out)
@@ -164,6 +168,123 @@ def test_without_ai_edge_litert_tensorflows_own_interpreter_runs_the_tflite_file
     fallback = deploy.Exported(path)
     assert type(fallback._interpreter).__module__.startswith("tensorflow.")
     np.testing.assert_allclose(fallback.predict(x_test), with_litert, atol=1e-6)
+
+
+VGG16 = 537_074_952  # the vgg16 preset's weight bytes (224x224x3, 2 classes)
+
+
+def test_a_format_whose_conversion_would_not_fit_in_memory_is_skipped_with_the_reason():
+    reason = export.memory_skip_reason("onnx", VGG16, available=8_000_000_000)
+    assert reason == (
+        "converting the model (537 MB of weights) to onnx needs about 13.1 GB of memory, "
+        "this machine has 8.0 GB available"
+    )
+    assert export.memory_skip_reason("onnx", VGG16, available=16_000_000_000) is None
+    assert export.memory_skip_reason("litert", VGG16, available=7_000_000_000) is not None
+    assert export.memory_skip_reason("litert", VGG16, available=8_100_000_000) is None
+    # seed_cnn (28x28, 0.6 MB of weights) fits in a small CI machine's 1 GB
+    assert export.memory_skip_reason("onnx", 607_880, available=1_000_000_000) is None
+    assert export.memory_skip_reason("onnx", VGG16, available=None) is None  # unknown
+
+
+def test_the_estimate_covers_the_measured_conversions():
+    # (format, weight bytes, measured extra peak RSS), from the table in export.py
+    measured = [
+        ("onnx", 537e6, 9.35e9),
+        ("onnx", 94.4e6, 1.97e9),
+        ("onnx", 88.1e6, 1.84e9),
+        ("onnx", 70.5e6, 1.47e9),
+        ("onnx", 234e6, 5.06e9),
+        ("litert", 537e6, 2.8e9),
+        ("litert", 94.4e6, 1.0e9),
+        ("litert", 70.5e6, 0.83e9),
+    ]
+    for fmt, weights, peak in measured:
+        assert peak <= export.needed_memory(fmt, int(weights)) <= 2.5 * peak, (fmt, weights)
+
+
+def test_available_memory_is_meminfo_lowered_by_a_cgroup_limit(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:    8000000 kB\n")
+    cgroup = tmp_path / "cgroup"
+    assert export.available_memory(meminfo, cgroup) == 8_192_000_000  # no cgroup files
+    cgroup.mkdir()
+    (cgroup / "memory.max").write_text("max\n")
+    (cgroup / "memory.current").write_text("1000000000\n")
+    assert export.available_memory(meminfo, cgroup) == 8_192_000_000
+    (cgroup / "memory.max").write_text("4000000000\n")
+    assert export.available_memory(meminfo, cgroup) == 3_000_000_000
+    # no /proc/meminfo: the free physical pages, still capped by the cgroup
+    assert 0 < export.available_memory(tmp_path / "none", cgroup) <= 3_000_000_000
+
+
+def test_a_model_too_big_for_the_memory_left_is_not_converted(tmp_path):
+    model = _tiny_cnn(1, augment=False)
+    x = np.zeros((4, 8, 8, 1), np.float32)
+    files = {"onnx": tmp_path / "model.onnx", "litert": tmp_path / "model.tflite"}
+    report = export.export_all(model, x, files, memory=lambda: 100_000_000)
+    assert report["formats"] == {} and set(report["skipped"]) == {"onnx", "litert"}
+    row = report["skipped"]["onnx"]
+    assert row["available_bytes"] == 100_000_000 and row["needed_bytes"] > 100_000_000
+    assert "this machine has 0.1 GB available" in row["reason"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tf2onnx_collects_garbage_before_each_optimizer_and_gets_its_table_back(monkeypatch):
+    from tf2onnx import optimizer
+
+    table = optimizer._get_optimizers()
+    before = dict(table)
+    collected = []
+    monkeypatch.setattr(deploy.gc, "collect", lambda: collected.append(len(collected)))
+    with deploy._collected_between_tf2onnx_optimizers():
+        made = [factory() for factory in table.values()]
+    assert [type(opt) for opt in made] == list(before.values())
+    assert len(collected) == len(before) > 5
+    assert dict(table) == before
+
+
+def test_the_tf2onnx_workaround_refuses_a_version_it_was_not_checked_with(monkeypatch):
+    from tf2onnx import optimizer
+
+    before = dict(optimizer._get_optimizers())
+    monkeypatch.setattr(deploy.metadata, "version", lambda name: "1.18.0")
+    with (
+        pytest.raises(PipelineError, match=r"checked with tf2onnx 1\.17\.x, not 1\.18\.0"),
+        deploy._collected_between_tf2onnx_optimizers(),
+    ):
+        pass
+    assert dict(optimizer._get_optimizers()) == before
+
+
+@pytest.mark.integration
+def test_export_stage_writes_only_the_formats_that_fit_and_drops_older_files(
+    digits, trained, project, monkeypatch, capsys
+):
+    root = project.path
+    shutil.copytree(digits / "data", root / "data")
+    (root / "models" / "export").mkdir(parents=True)
+    (root / "models" / "export" / "model.onnx").write_bytes(b"an older model's export")
+    trained["plain"].save(root / "models" / "model.keras")
+    weights = export.weight_bytes(trained["plain"])
+    litert_only = int(export.MEMORY_MARGIN * export.needed_memory("litert", weights)) + 1
+    assert litert_only < export.MEMORY_MARGIN * export.needed_memory("onnx", weights)
+    monkeypatch.setattr(export, "available_memory", lambda: litert_only)
+
+    assert export.main([]) == 0
+    assert [p.name for p in (root / "models" / "export").iterdir()] == ["model.tflite"]
+    assert [p.name for p in (root / "models").iterdir() if p.name.startswith(".")] == []
+    report = json.loads((root / "reports" / "export.json").read_text())
+    assert set(report["formats"]) == {"litert"} and set(report["skipped"]) == {"onnx"}
+    skipped = report["skipped"]["onnx"]
+    assert skipped["file"] == "models/export/model.onnx"
+    assert skipped["available_bytes"] == litert_only
+    err = capsys.readouterr().err
+    assert (
+        f"export: models/export/model.onnx not written: {skipped['reason']}; run `python -m "
+        "pipeline export` on a machine with more memory to get it"
+    ) in err
+    assert "export: models/export/model.tflite (litert" in err
 
 
 @pytest.mark.integration
@@ -196,7 +317,10 @@ def test_register_stores_both_exported_files_with_the_model_version(reg_project)
 
     model = models.load_keras(root / "models" / "model.keras")
     x_gate = np.load(root / "data" / "processed" / "gate_x.npy").astype(np.float32)
-    files = {"onnx": root / "models/model.onnx", "litert": root / "models/model.tflite"}
+    files = {
+        "onnx": root / "models/export/model.onnx",
+        "litert": root / "models/export/model.tflite",
+    }
     report = export.export_all(model, x_gate, files)
     report["model_sha256"] = sha256_of(root / "models" / "model.keras")
     (root / "reports" / "export.json").write_text(json.dumps(report))
@@ -211,7 +335,7 @@ def test_register_stores_both_exported_files_with_the_model_version(reg_project)
         stored = {p.name: p for p in local.folder.rglob("*") if p.suffix in (".onnx", ".tflite")}
         assert set(stored) == {"model.onnx", "model.tflite"}
         for name, path in stored.items():
-            assert path.read_bytes() == (root / "models" / name).read_bytes()
+            assert path.read_bytes() == (root / "models" / "export" / name).read_bytes()
         assert local.class_names == CLASSES
 
     # A newer model.keras without a fresh export: its version gets none of the old files.

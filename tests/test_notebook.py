@@ -107,6 +107,12 @@ def test_vgg16_on_a_photo_folder_streams_trains_evaluates_and_predicts(tmp_path,
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0
     assert json.loads((repo / "reports/registry.json").read_text())["decision"] == "champion"
+    # Each format written and checked, or skipped (absent) because it would not fit in memory.
+    exported = json.loads((repo / "reports/export.json").read_text())
+    assert set(exported["formats"]) | set(exported["skipped"]) == {"onnx", "litert"}
+    for section, present in (("formats", True), ("skipped", False)):
+        for row in exported[section].values():
+            assert (repo / row["file"]).is_file() == present, row
 
     _assert_predict_names_a_class(repo, photos / "dog" / "IMG_0003.jpg")
 

@@ -2,7 +2,8 @@
 
 A registered version is the pyfunc model ``classifier/`` of a run: ``MLmodel``, the code
 file ``pyfunc_model.py`` and ``artifacts/{model.keras,class_names.json}``, with
-``model.onnx`` and ``model.tflite`` beside them when the export stage wrote them. The same run
+``model.onnx`` and ``model.tflite`` beside them when the export stage wrote them (from
+``models/export/``; a format it skipped for memory is absent). The same run
 also holds ``keras_model/``, the model in MLflow's Keras flavour. Keras files are always
 loaded with ``safe_mode=True`` (no Python lambdas or pickled code) and ``compile=False``.
 """
@@ -84,7 +85,8 @@ def save_models(
 ) -> tuple[Path, Path]:
     """Write the pyfunc and Keras-flavour models into ``out``; return both folders.
 
-    ``exported``: the export stage's files (``model.onnx``, ``model.tflite``), stored among
+    ``exported``: the export stage's files (``models/export/``'s ``model.onnx`` and
+    ``model.tflite``, or the one of them it wrote), stored among
     the pyfunc's artifacts, so they download with the registered version.
 
     Both take uint8 pixels, as the splits store them (``example``: a few of them). Over
