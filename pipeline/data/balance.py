@@ -97,13 +97,12 @@ def sample_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 def balanced_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """The mean over the classes present in ``labels`` of the share of their images whose
-    highest probability is at their label."""
+    highest probability is at their label: accuracy weighted by ``sample_weights``."""
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) == 0:
         return 0.0
     correct = np.argmax(probabilities, axis=1) == labels
-    classes = np.unique(labels)
-    return float(np.mean([correct[labels == c].mean() for c in classes]))
+    return float(np.average(correct, weights=sample_weights(labels, probabilities.shape[1])))
 
 
 def never_predicted(y_pred: np.ndarray, labels: np.ndarray, class_names: list[str]) -> list[str]:

@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from pipeline.data.balance import never_predicted
+
 # Probabilities are clipped before the log so a confident mistake costs a finite loss.
 EPSILON = 1e-7
 
@@ -51,13 +53,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: 
         "per_class": per_class,
         # Classes with test images that the model never predicts: the telltale of
         # imbalanced training (accuracy can still look fine).
-        "never_predicted": [
-            name
-            for name, s, n in zip(
-                class_names, support, np.bincount(y_pred, minlength=len(labels)), strict=True
-            )
-            if s > 0 and n == 0
-        ],
+        "never_predicted": never_predicted(y_pred, y_true, class_names),
     }
 
 
