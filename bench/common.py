@@ -47,6 +47,24 @@ def write_params(workdir: Path, params: dict, search_space: str | Path) -> Path:
     return path
 
 
+def parse_changes(changes: list[str]) -> dict[tuple[str, str], object]:
+    """``["tune.min_epoch_steps=0", ...]`` -> ``{("tune", "min_epoch_steps"): 0}``, each value
+    read as YAML; ValueError (one line) for a malformed one or a key params.yaml does not
+    have, checked against the pipeline's own schema."""
+    from pipeline.config import SECTIONS
+
+    parsed = {}
+    for change in changes:
+        name, sep, value = change.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not sep or not dot or not key:
+            raise ValueError(f"--set {change!r}: expected SECTION.KEY=VALUE, e.g. tune.seed=1")
+        if section not in SECTIONS or key not in SECTIONS[section].model_fields:
+            raise ValueError(f"--set {change!r}: params.yaml has no {section}.{key}")
+        parsed[(section, key)] = yaml.safe_load(value) if value.strip() else None
+    return parsed
+
+
 def child_env() -> dict:
     """The environment of a side's process: ``pipeline`` importable, MLflow in the project."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))

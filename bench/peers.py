@@ -76,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--seed", type=int, default=None, help="every side (default: params.yaml's tune.seed)")
     add("--workdir", type=Path, default=None, help="project folder to use and keep")
     add("--json", type=Path, default=None, help="also write the results to this file")
+    add("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="changes",
+        help="change the project's params.yaml (ours reads all of it; Keras Tuner its search "
+        "space and batch size), e.g. tune.min_epoch_steps=0; repeatable")  # fmt: skip
     add("--setup", action="store_true", help=f"create {PEERS_VENV.name} (AutoKeras) and exit")
     add("--worker", choices=("keras_tuner", "ours-read", "store", "device"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -93,6 +96,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.target = TARGETS.get(args.dataset, IMAGE_FOLDER_TARGET)
     if args.seed is None:
         args.seed = common.shipped_params()["tune"]["seed"]
+    try:
+        args.changes = common.parse_changes(args.changes)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -106,6 +113,8 @@ def write_project(workdir: Path, args: argparse.Namespace) -> Path:
     params["tune"].update(resume=False, seed=args.seed)
     params["train"]["seed"] = args.seed
     params["budget"].update(mode="time", minutes=args.budget_minutes, reserve_minutes=0)
+    for (section, key), value in getattr(args, "changes", {}).items():
+        params[section][key] = value
     return common.write_params(workdir, params, params["tune"]["search_space"])
 
 
@@ -332,6 +341,7 @@ def ours_read_worker(workdir: Path) -> dict:
         "best_trial": best["trial_id"],
         "best_family": info.get("family"),
         "best_val_accuracy": float(info["val_accuracy"]),
+        "search_val_accuracy": float(best["val_accuracy"]),
         "test_accuracy": float(metrics["accuracy"]),
         "test_macro_f1": float(metrics["macro_f1"]),
         "final_epochs": int(info["epochs_run"]),
@@ -363,6 +373,7 @@ def run(workdir: Path, args: argparse.Namespace) -> dict:
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     for key in ("worker", "workdir", "json", "setup"):
         del settings[key]
+    settings["changes"] = {f"{s}.{k}": v for (s, k), v in args.changes.items()}
     return {"settings": settings, "machine": machine, "runs": runs, "crashed": crashed}
 
 

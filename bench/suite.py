@@ -53,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--cache", type=Path, default=suite_data.CACHE, help="built datasets (%(default)s)")
     add("--workdir", type=Path, default=None, help="keep the projects here, one per dataset")
     add("--json", type=Path, default=None, help="also write the results to this file")
+    add("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="changes",
+        help="change every project's params.yaml (as bench/peers.py --set); repeatable")  # fmt: skip
     add("--build-only", action="store_true", help="build the datasets, print them, exit")
     add("--setup", action="store_true", help="create bench/.venv-peers and exit")
     args = parser.parse_args(argv)
@@ -64,6 +66,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--budget-minutes must be > 0, got {args.budget_minutes:g}")
     if args.seed is None:
         args.seed = common.shipped_params()["tune"]["seed"]
+    try:
+        common.parse_changes(args.changes)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -98,6 +104,7 @@ def peer_args(name: str, folder: Path | None, args: argparse.Namespace) -> argpa
     dataset = suite_data.DATASETS[name].project
     argv = ["--budget-minutes", str(args.budget_minutes), "--seed", str(args.seed)]
     argv += ["--sides", ",".join(args.sides)]
+    argv += [arg for change in args.changes for arg in ("--set", change)]
     argv += ["--dataset", dataset] if folder is None else ["--image-folder", str(folder)]
     return peers.parse_args(argv)
 

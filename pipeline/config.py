@@ -138,6 +138,13 @@ class TuneParams(_Section):
         3, ge=1, description="stop a trial after this many epochs without val_accuracy gain"
     )
     batch_size: int = Field(128, ge=1, description="training batch size")
+    min_epoch_steps: int | None = Field(
+        None,
+        ge=0,
+        description="a trial epoch is at least this many optimizer steps: a training split "
+        "of fewer batches is passed over several times per epoch, so a few epochs train a "
+        "small folder as much as a large one; 0 or null: one pass per epoch",
+    )
     max_train_samples: int | None = Field(
         None, ge=1, description="search on a seeded subset of the training split this large"
     )
@@ -187,6 +194,14 @@ class TrainParams(_Section):
         5, ge=1, description="stop after this many epochs without val_accuracy gain; best kept"
     )
     batch_size: int = Field(128, ge=1, description="training batch size")
+    min_epoch_steps: int | None = Field(
+        None,
+        ge=0,
+        description="an epoch is at least this many optimizer steps (several passes over a "
+        "small training split), so train.epochs, the patience and the budget's epoch counts "
+        "mean about as much training on a small folder as on a large one; 0 or null: one "
+        "pass per epoch",
+    )
     preset: str | None = Field(
         None, description="train this reference preset instead of the best trial (a baseline)"
     )

@@ -69,7 +69,6 @@ def main(argv=None) -> int:
     session = sessions.open_session(params, started_at)
     tuner = chief = None
     try:
-        from pipeline.data.loader import fit_inputs
         from pipeline.data.splits import load_splits
 
         tune = params.tune
@@ -92,7 +91,7 @@ def main(argv=None) -> int:
             # The shuffle's order depends on the global seed when the dataset is made, not
             # only on its own: fix both, so a search in epochs mode is the same every time.
             keras.utils.set_random_seed(tune.seed)
-            fit = fit_inputs(splits, tune.batch_size, tune.seed, balance=balance)
+            fit = sessions.search_inputs(session, splits, balance)
             tuner.search(epochs=tune.max_epochs, verbose=0, **fit)
         return sessions.finish(session, tuner.oracle, splits.meta)
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     ValidationError,
     create_model,
     field_validator,
@@ -224,6 +225,17 @@ class Augmentation(BaseModel):
         return self
 
 
+class SmallData(BaseModel):
+    """Configurations tried first on a small training split: what wins where images are
+    few (augmentation, batch norm, global pooling, fewer parameters, more dropout) is not
+    what wins on tens of thousands."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_images: int = Field(5000, ge=1)  # training images (the search's split) at most
+    seeds: list[dict[str, Any]] = []
+
+
 class SearchSpace(BaseModel):
     """A whole search space: families, common hyperparameters, augmentation, optimizer."""
 
@@ -237,6 +249,8 @@ class SearchSpace(BaseModel):
     # family and the values that differ from the defaults (family, common or optimizer keys;
     # the optimizer's `name` is written `optimizer`).
     seeds: list[dict[str, Any]] = []
+    # Tried before `seeds` when the search's training split is small (see SmallData).
+    small_data: SmallData | None = None
 
     @field_validator("augmentation")
     @classmethod
@@ -249,7 +263,22 @@ class SearchSpace(BaseModel):
     def _check_seeds(self) -> SearchSpace:
         for number, seed in enumerate(self.seeds):
             self.seed_values(seed, f"seeds.{number}")
+        for number, seed in enumerate(self.small_data.seeds if self.small_data else []):
+            self.seed_values(seed, f"small_data.seeds.{number}")
         return self
+
+    def seeds_for(self, train_images: int) -> tuple[list[dict[str, Any]], str]:
+        """``(seeds in the order the search tries them, why)`` for a search on
+        ``train_images`` training images: ``small_data.seeds`` first when there are at most
+        ``small_data.max_images`` of them, then ``seeds`` (a repeat left out)."""
+        small = self.small_data
+        if small is None or not small.seeds or train_images > small.max_images:
+            return list(self.seeds), "the search space's seeds"
+        ordered = list(small.seeds) + [s for s in self.seeds if s not in small.seeds]
+        return ordered, (
+            f"{len(small.seeds)} small-data seed(s) first ({train_images} training images, "
+            f"at most small_data.max_images={small.max_images}), then the search space's seeds"
+        )
 
     def seed_values(self, seed: Mapping[str, Any], where: str = "seed") -> dict[str, Any]:
         """A seed as hyperparameter names (``simple_cnn/filters``, ``optimizer``, ...) -> values.

@@ -41,6 +41,12 @@ class Job:
     steps: int
     balance: Balance | None = None  # the training split's class balance (data.balance)
     lr_scale: float = 1.0  # for a batch capped at large images (data.sizing.batch_for_input)
+    passes: int = 1  # passes over the training images per epoch (data.sizing.passes_per_epoch)
+
+    @property
+    def epoch_images(self) -> int:
+        """Images one epoch trains on."""
+        return len(self.splits.train) * self.passes
 
     @property
     def balanced(self) -> bool:
@@ -262,7 +268,12 @@ def _fit(
     from pipeline.training.callbacks import Checkpoint
 
     fit = fit_inputs(
-        job.splits, job.params.train.batch_size, seed, initial_epoch=done, balance=job.balance
+        job.splits,
+        job.params.train.batch_size,
+        seed,
+        initial_epoch=done,
+        balance=job.balance,
+        passes=job.passes,
     )
     model.fit(
         epochs=epochs,

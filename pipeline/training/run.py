@@ -20,7 +20,7 @@ from pipeline import budget as budgets
 from pipeline.config import Params
 from pipeline.console import log
 from pipeline.data.balance import balanced_accuracy, for_training
-from pipeline.data.sizing import batch_for_input
+from pipeline.data.sizing import batch_for_input, passes_per_epoch
 from pipeline.errors import PipelineError
 from pipeline.fileio import read_json
 from pipeline.model_input import INPUT_PIXELS
@@ -79,6 +79,12 @@ def train(
             "below is on images the model trains on; evaluate's test split is the estimate"
         )
         splits = splits.val_in_train()
+    epoch = passes_per_epoch(
+        len(splits.train), params.train.batch_size, params.train.min_epoch_steps
+    )
+    if epoch.passes > 1:
+        log(f"train: an epoch is {epoch.reason} (train.min_epoch_steps)")
+    epoch_images = epoch.images(len(splits.train))
     uri = tracking.tracking_uri(params.mlflow.tracking_uri)
     experiment = tracking.experiment_name(params)
     client, exp_id = tracking.open_experiment(uri, experiment)
@@ -91,17 +97,18 @@ def train(
         log(f"train: MLflow run {run_id} in experiment {experiment!r} ({redact(uri)})")
         tuned = _tune_budget()
         budget = budgets.plan_training(
-            params.budget, tuned, plan.best, len(splits.train), params.train.epochs, time.time()
+            params.budget, tuned, plan.best, epoch_images, params.train.epochs, time.time()
         )
         _log_plan(budget, params)
-        steps = steps_per_epoch(len(splits.train), params.train.batch_size)
+        steps = steps_per_epoch(epoch_images, params.train.batch_size)
         job = Job(
             plan, meta, params, splits, fingerprint, client, run_id, callbacks, steps,
-            balance=balance, lr_scale=lr_scale,
+            balance=balance, lr_scale=lr_scale, passes=epoch.passes,
         )  # fmt: skip
         info = _train(job, export, budget)
         info["class_balance"] = balance.record()
         info["batch_size"] = params.train.batch_size
+        info["passes_per_epoch"] = epoch.passes
         info.update(mlflow_run_id=run_id, mlflow_experiment_id=exp_id)
         atomic.write_json(paths.MODEL_INFO, info)
         _log_outputs(client, run_id, info)
@@ -281,7 +288,7 @@ def _roster(job: Job, budget: budgets.TrainingPlan) -> list:
     # Runners-up train last: members that end early (a short plan, early stopping) leave
     # their time to the next ones, and a runner-up is usually the slower configuration.
     roster = schedule.roster(
-        plan, runners_up, count, budget, params, len(splits.train), len(splits.val)
+        plan, runners_up, count, budget, params, job.epoch_images, len(splits.val)
     )
     if count > 1:
         _log_ensemble_plan(plan, train_params, roster, budget)

@@ -227,7 +227,6 @@ def _find_parent(client, exp_id: str) -> str:
 
 def run_worker(params: Params) -> int:
     """Take trials from the chief until it says stop."""
-    from pipeline.data.loader import fit_inputs
     from pipeline.data.splits import load_splits
 
     exit_with_chief()
@@ -238,7 +237,7 @@ def run_worker(params: Params) -> int:
     tune = session.tune  # the batch may be capped for large images
     tuner = sessions.build_tuner(session, splits, worker=True, balance=balance, lr_scale=lr_scale)
     sessions.freeze_heap()
-    fit = fit_inputs(splits, tune.batch_size, tune.seed, balance=balance)
+    fit = sessions.search_inputs(session, splits, balance)
     try:
         tuner.search(epochs=tune.max_epochs, verbose=0, **fit)
     except KeyboardInterrupt:

@@ -56,6 +56,7 @@ class Session:
     spent_before: float = 0.0
     ended: bool = False
     balance: object = None  # data.balance.Balance of the training split, once loaded
+    epoch: object = None  # data.sizing.EpochChoice: passes over the images per trial epoch
 
     @property
     def tune(self):
@@ -216,10 +217,12 @@ def reattach_parent(client, saved: dict, exp_id: str) -> str | None:
 
 def fit_to_data(session: Session, splits, worker: bool = False) -> tuple:
     """What the loaded training split decides: its class balance (``session.balance``,
-    noted on the parent run) and, for large images, a smaller ``tune.batch_size`` in
-    ``session.params``; returns ``(balance, learning-rate scale)``."""
+    noted on the parent run), for large images a smaller ``tune.batch_size`` in
+    ``session.params``, and for a small split several passes per trial epoch
+    (``session.epoch``, ``tune.min_epoch_steps``); returns ``(balance, learning-rate
+    scale)``."""
     from pipeline.data.balance import for_training
-    from pipeline.data.sizing import batch_for_input
+    from pipeline.data.sizing import batch_for_input, passes_per_epoch
 
     params = session.params
     balance = for_training(splits.train.y, splits.num_classes, params)
@@ -228,12 +231,28 @@ def fit_to_data(session: Session, splits, worker: bool = False) -> tuple:
         tune = params.tune.model_copy(update={"batch_size": choice.batch_size})
         session.params = params.model_copy(update={"tune": tune})
     session.balance = balance
+    session.epoch = passes_per_epoch(
+        len(splits.train), choice.batch_size, session.params.tune.min_epoch_steps
+    )
     if not worker:
         log(f"tune: class balance: {balance.reason}")
         if choice.lr_scale != 1.0:
             log(f"tune: {choice.reason}")
+        if session.epoch.passes > 1:
+            log(f"tune: a trial epoch is {session.epoch.reason}")
         session.client.set_tag(session.parent_run_id, "val_metric", balance.metric)
     return balance, choice.lr_scale
+
+
+def search_inputs(session: Session, splits, balance) -> dict:
+    """``tuner.search``'s data arguments: the training batches (``session.epoch``'s passes
+    per epoch) and the validation batches, weighted as ``balance`` says."""
+    from pipeline.data.loader import fit_inputs
+
+    passes = session.epoch.passes if session.epoch is not None else 1
+    return fit_inputs(
+        splits, session.tune.batch_size, session.tune.seed, balance=balance, passes=passes
+    )
 
 
 def build_tuner(session: Session, splits, worker: bool = False, balance=None, lr_scale=1.0):
@@ -265,27 +284,31 @@ def build_tuner(session: Session, splits, worker: bool = False, balance=None, lr
             f"tune: backend {keras.backend.backend()}, {gpus} GPU(s), "
             f"mixed precision {'on' if mixed else 'off'}, jit_compile {jit}"
         )
+    epoch_images = _epoch_images(session, len(splits.train))
     hypermodel = CNNHyperModel(
         session.space,
         splits.input_shape,
         splits.num_classes,
         dataset=session.dataset,
         max_params=tune.max_params,
-        total_steps=steps_per_epoch(len(splits.train), tune.batch_size) * tune.max_epochs,
+        total_steps=steps_per_epoch(epoch_images, tune.batch_size) * tune.max_epochs,
         jit_compile=jit,
         pretrained=WeightsSource(**session.params.pretrained.model_dump()),
         balanced=balance is not None and balance.active,
         lr_scale=lr_scale,
     )
     oracle = make_oracle(tune, session.deadline)
-    oracle.seed_queue = [session.space.seed_values(seed) for seed in session.space.seeds]
+    seeds, why = session.space.seeds_for(len(splits.train))
+    if not worker and session.space.small_data is not None:
+        log(f"tune: seeds: {why}")
+    oracle.seed_queue = [session.space.seed_values(seed) for seed in seeds]
     cls = TUNER_CLASSES[tune.algorithm]
     final_seconds = budgets.final_training_seconds(session.params.budget)
     cost_probe = None
     if final_seconds is not None:
         cost_probe = {
             "batch_size": tune.batch_size,
-            "final_samples": _training_images(splits),
+            "final_samples": _final_epoch_images(session.params, splits),
             "final_seconds": final_seconds,
             "min_epochs": session.params.budget.min_final_epochs,
         }
@@ -300,7 +323,7 @@ def build_tuner(session: Session, splits, worker: bool = False, balance=None, lr
             patience=tune.early_stopping_patience,
             seed=tune.seed,
             max_trials=tune.max_trials,
-            train_samples=len(splits.train),
+            train_samples=epoch_images,
             after_trial=None if worker else session.save_state,
             dtype_policy=policy,
             cost_probe=cost_probe,
@@ -326,7 +349,23 @@ def _screening(tune, splits) -> dict | None:
         "batch_size": tune.batch_size,
         "seed": tune.seed,
         "factor": tune.hyperband_factor,
+        "min_steps": tune.min_epoch_steps,
     }
+
+
+def _epoch_images(session: Session, train_images: int) -> int:
+    """Images one trial epoch trains on (several passes over a small split)."""
+    return session.epoch.images(train_images) if session.epoch is not None else train_images
+
+
+def _final_epoch_images(params, splits) -> int:
+    """Images one epoch of the final training trains on: the whole training split, in as
+    many passes as ``train.min_epoch_steps`` asks at its (capped) batch size."""
+    from pipeline.data.sizing import batch_for_input, passes_per_epoch
+
+    images = _training_images(splits)
+    batch = batch_for_input(params.train.batch_size, splits.input_shape).batch_size
+    return passes_per_epoch(images, batch, params.train.min_epoch_steps).images(images)
 
 
 def _training_images(splits) -> int:

@@ -69,7 +69,8 @@ class PipelineTunerMixin(TunerCompat):
         patience: Early stopping patience in epochs (None: off).
         seed: Base seed; trial ``n`` trains with ``seed + n``.
         max_trials: For the console's ``n/N``.
-        train_samples: Training images per epoch (epoch time per image, for the budget).
+        train_samples: Images a trial epoch trains on (several passes over a small split;
+            epoch time per image, for the budget).
         after_trial: Called after each trial's state is saved (the stage records the
             budget spent, so a SIGKILL loses at most one trial's worth).
         dtype_policy: Keras dtype policy of every trial's model (``mixed_float16`` for
@@ -78,8 +79,8 @@ class PipelineTunerMixin(TunerCompat):
             min_epochs): trials too slow for the final training's share are skipped; None:
             none are.
         screening: Hyperband's early rounds on fewer images (``tune.screen_on_subsets``):
-            ``{"split", "batch_size", "seed", "factor"}``, the search's training split and
-            how ``fit_inputs`` batches it; None: every trial trains on all of them.
+            ``{"split", "batch_size", "seed", "factor", "min_steps"}``, the search's training
+            split and how ``fit_inputs`` batches it; None: every trial trains on all of them.
     """
 
     def __init__(
@@ -196,15 +197,19 @@ class PipelineTunerMixin(TunerCompat):
         subset = self._screening_subset(trial)
         if subset is not None:
             from pipeline.data.loader import batches
+            from pipeline.data.sizing import passes_per_epoch
 
+            batch = self.screening["batch_size"]
+            epoch = passes_per_epoch(len(subset), batch, self.screening.get("min_steps"))
             kwargs["x"] = batches(
                 subset,
-                self.screening["batch_size"],
+                batch,
                 shuffle=True,
                 seed=self.screening["seed"],
                 epoch=trial.hyperparameters.values.get("tuner/initial_epoch", 0),
+                passes=epoch.passes,
             )
-            self._samples = len(subset)
+            self._samples = epoch.images(len(subset))
         histories = super().run_trial(trial, *args, **kwargs)
         scores, epochs = [], 0
         for history in histories:
