@@ -241,9 +241,12 @@ def ours_test_worker(workdir: Path) -> dict:
         client=None,
         experiment_id="",
         parent_run_id="",
+        balance=None,
+        epoch=None,
     )
+    sessions.fit_to_data(session, splits, worker=True)  # the stage's batch and epoch
     tuner = sessions.build_tuner(session, splits, worker=True)
-    summary = summarize(tuner, splits, tune.batch_size)
+    summary = summarize(tuner, splits, session.params.tune.batch_size)
 
     best = json.loads(paths.BEST_HPARAMS.read_text())
     parent = best["mlflow_parent_run_id"]

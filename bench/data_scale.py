@@ -9,20 +9,29 @@ Run from the repository root:
 For each size N it makes (once, in ``--cache``) a two-class folder of N photo-like JPEGs
 (smooth random colour fields at ``--photo-size``, the classes told apart by a tint) and, in
 a scratch project with ``data.dataset: image_folder`` and ``preprocess.image_size`` set,
-runs the real stages as subprocesses: ``download``, ``preprocess``, ``train`` (preset
-``seed_cnn``, one epoch, through the pipeline's loader) and ``evaluate``. It prints for each:
-the stage's peak RSS (the child's ``ru_maxrss`` from ``wait4``), its wall time and images/s,
-and the size of ``data/processed``. Beside them, in the same run and each in its own process:
-one epoch of batches of the pipeline's loader over the processed train split (input only),
-and one epoch of ``keras.utils.image_dataset_from_directory`` over the same folder at the
-same size (the baseline's images/s). Targets: every stage's peak RSS <= 3 GB and within
-1.2x from the smallest size to the largest; loader images/s >= 80 % of the baseline's.
+runs the real stages as subprocesses: ``download``, ``preprocess``, ``tune``, ``train`` and
+``evaluate``. Tune is a short real search, so that its peak RSS is measured: a random
+search of ``TUNE_TRIALS`` one-epoch trials over the default search space
+(``SEARCH_SPACE``; ``budget.mode: epochs``, no clock), with ``tune.batch_size`` left at its
+default so that the trials train with the batch ``data.sizing.batch_for_input`` caps it to
+for the image size, as a user's search does. Train trains the preset ``seed_cnn`` for one
+epoch through the pipeline's loader: it does not read the search's result, so its column
+compares with runs made before tune was measured. For each stage it prints the peak RSS
+(the child's ``ru_maxrss`` from ``wait4``) and wall time; preprocess's decoded images/s and
+the size of ``data/processed``; tune's trials and batch; train's images/s. Beside them, in
+the same run and each in its own process: one epoch of batches of the pipeline's loader
+over the processed train split (input only), and one epoch of
+``keras.utils.image_dataset_from_directory`` over the same folder at the same size (the
+baseline's images/s). Targets: every stage's peak RSS <= 3 GB and within 1.2x from the
+smallest size to the largest; loader images/s >= 80 % of the baseline's.
 Exit code 0 unless something crashes: it is a benchmark, not a test.
 """
 
 import argparse
+import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,8 +48,12 @@ CLASSES = ("cat", "dog")
 RSS_LIMIT_MB = 3 * 1024
 RSS_GROWTH = 1.2
 THROUGHPUT_SHARE = 0.8
-STAGES = ("download", "preprocess", "train", "evaluate")
+STAGES = ("download", "preprocess", "tune", "train", "evaluate")
 BATCH = 32
+# The random search tries the search space's seeds first (for a split of at most
+# small_data.max_images, its small-data seeds before the others), then drawn ones.
+TUNE_TRIALS = 6
+SEARCH_SPACE = "search_spaces/cpu.yaml"  # params.yaml's tune.search_space
 
 
 def parse_args(argv=None):
@@ -156,7 +169,14 @@ def measure(folder: Path, n: int, args, work: Path) -> dict:
     params = {
         "data": {"dataset": "image_folder", "image_folder": str(folder)},
         "preprocess": {"image_size": [args.image_size, args.image_size]},
+        "tune": {
+            "search_space": str(ROOT / SEARCH_SPACE),
+            "algorithm": "random",
+            "max_trials": TUNE_TRIALS,
+            "max_epochs": 1,
+        },
         "train": {"preset": "seed_cnn", "epochs": 1, "batch_size": BATCH},
+        "budget": {"mode": "epochs"},  # no clock: the same trials on any machine
         "evaluate": {"misclassified_examples": 4},
     }
     (project / "params.yaml").write_text(yaml.safe_dump(params))
@@ -169,6 +189,7 @@ def measure(folder: Path, n: int, args, work: Path) -> dict:
     info = json.loads((project / "models/model_info.json").read_text())
     row["decoded_per_s"] = sum(meta["images"].values()) / row["stages"]["preprocess"]["seconds"]
     row["train_per_s"] = meta["images"]["train"] / info["train_seconds"]
+    row["tune"] = tune_summary(project)
     row["processed_mb"] = sum(p.stat().st_size for p in (project / "data/processed").iterdir()) / (
         1 << 20
     )
@@ -176,6 +197,20 @@ def measure(folder: Path, n: int, args, work: Path) -> dict:
     code = BASELINE_EPOCH.format(folder=str(folder), size=args.image_size, batch=BATCH)
     row["baseline"] = run_script(code, project, env)
     return row
+
+
+def tune_summary(project: Path) -> dict:
+    """The search's trials (``leaderboard.csv``) and the batch they trained with: the one
+    tune's log names when ``data.sizing.batch_for_input`` capped ``tune.batch_size``."""
+    with open(project / "reports/tuning/leaderboard.csv", newline="") as f:
+        trials = list(csv.DictReader(f))
+    capped = re.search(r"^tune: batch (\d+) instead of", (project / "bench.log").read_text(), re.M)
+    return {
+        "trials": len(trials),
+        "completed": sum(t["status"] == "COMPLETED" for t in trials),
+        "families": [t["family"] for t in trials],
+        "batch": f"{capped[1]} (capped)" if capped else "as configured",
+    }
 
 
 def report(rows: list[dict]) -> list[str]:
@@ -188,6 +223,7 @@ def report(rows: list[dict]) -> list[str]:
             note = {
                 "preprocess": f"{r['decoded_per_s']:.0f} images/s decoded; "
                 f"data/processed {r['processed_mb']:.0f} MB",
+                "tune": _tune_note(r["tune"]),
                 "train": f"{r['train_per_s']:.0f} images/s (one epoch, seed_cnn)",
             }.get(stage, "")
             head = f"{r['images']:>7} {stage:<10} {m['peak_rss_mb']:>11.0f}"
@@ -220,6 +256,13 @@ def report(rows: list[dict]) -> list[str]:
             f"(>= {THROUGHPUT_SHARE}): {'met' if share >= THROUGHPUT_SHARE else 'MISSED'}"
         )
     return lines
+
+
+def _tune_note(tune: dict) -> str:
+    families = ", ".join(tune["families"])
+    return (
+        f"{tune['completed']}/{tune['trials']} one-epoch trials ({families}), batch {tune['batch']}"
+    )
 
 
 def main(argv=None) -> int:

@@ -36,6 +36,12 @@ def _row(n, rss, loader, baseline):
         "stages": {s: dict(stage) for s in data_scale.STAGES},
         "decoded_per_s": 10.0,
         "train_per_s": 5.0,
+        "tune": {
+            "trials": 2,
+            "completed": 2,
+            "families": ["vgg", "resnet"],
+            "batch": "as configured",
+        },
         "processed_mb": n / 10,
         "loader": {**reader, "images_per_s": loader},
         "baseline": {**reader, "images_per_s": baseline},
@@ -50,6 +56,24 @@ def test_verdicts_follow_the_targets():
         "\n".join(growing)
     )
     assert growing[-1].endswith("loader 0.5x the baseline's images/s (>= 0.8): MISSED")
+    assert "2/2 one-epoch trials (vgg, resnet), batch as configured" in "\n".join(flat)
+
+
+def test_tune_summary_reads_the_leaderboard_and_the_capped_batch(tmp_path):
+    (tmp_path / "reports/tuning").mkdir(parents=True)
+    (tmp_path / "reports/tuning/leaderboard.csv").write_text(
+        "trial_id,family,status\n0,simple_cnn,COMPLETED\n1,vgg,FAILED\n"
+    )
+    (tmp_path / "bench.log").write_text(
+        "$ python -m pipeline tune\ntune: batch 32 instead of 128: 128x128 images, ...\n"
+    )
+    summary = data_scale.tune_summary(tmp_path)
+    assert summary == {
+        "trials": 2,
+        "completed": 1,
+        "families": ["simple_cnn", "vgg"],
+        "batch": "32 (capped)",
+    }
 
 
 @pytest.mark.slow
@@ -68,3 +92,5 @@ def test_a_tiny_run_end_to_end(tmp_path):
         assert row["baseline"]["images"] == row["images"]  # the whole folder, one epoch
         assert 0 < row["loader"]["images"] < row["images"]  # the train split
     assert "train: peak RSS max" in done.stdout and "the baseline's images/s" in done.stdout
+    assert "tune: peak RSS max" in done.stdout
+    assert all(row["tune"]["completed"] == data_scale.TUNE_TRIALS for row in rows)

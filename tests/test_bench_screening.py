@@ -46,6 +46,8 @@ def test_a_tiny_run_searches_each_way_and_reports_both(tmp_path):
     for r in runs:
         assert r["completed"] >= 1 and r["best"]["family"]
         assert r["search_seconds"] <= 25  # half of 1.2 - 1 minutes, and one trial over at most
-        # digits' 1293 training images are under the 2000 a screening round keeps.
-        assert r["screening_images"] in ([], [1293])
+        # digits' 1293 training images are under the 2000 a screening round keeps; a
+        # trial epoch passes over them several times (tune.min_epoch_steps).
+        assert len(r["screening_images"]) <= 1
+        assert all(n % 1293 == 0 for n in r["screening_images"])
     assert "means over the runs" in done.stdout

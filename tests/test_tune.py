@@ -584,6 +584,33 @@ def test_the_seeds_are_tried_first_in_order_and_a_resume_does_not_repeat_them(tu
 
 
 @pytest.mark.integration
+def test_a_small_split_gets_the_small_data_seeds_first_and_epochs_of_enough_steps(tuned, capsys):
+    cnn = {"family": "simple_cnn", "filters": 16, "optimizer": "adam"}
+    mlp = {"family": "mlp", "units": 64, "learning_rate": 5.0e-3}
+    space = _with_seeds(cnn)
+    space["small_data"] = {"max_images": 5000, "seeds": [mlp]}
+    assert tuned.run(space=space, max_trials=2, min_epoch_steps=50) == 0
+    trials = saved_trials(tuned.root)
+    assert trials["0"]["hyperparameters"]["values"]["family"] == "mlp"  # small data: first
+    assert trials["1"]["hyperparameters"]["values"]["family"] == "simple_cnn"
+    log = capsys.readouterr().err
+    # digits' 1293 training images in batches of 64: 21 steps a pass, so 3 passes an epoch.
+    assert "a trial epoch is 3 passes over 1293 images per epoch (63 steps" in log
+    assert "1 small-data seed(s) first (1293 training images" in log
+    best = read_best(tuned.root)
+    assert best["train_samples"] == 3 * 1293  # the budget scales epoch time per image seen
+    assert best["epochs"] == 1
+
+    # A larger split than max_images: the space's own seeds, one pass per epoch.
+    space["small_data"]["max_images"] = 1000
+    assert tuned.run(space=space, max_trials=1, min_epoch_steps=0, resume=False) == 0
+    first = saved_trials(tuned.root)["0"]["hyperparameters"]["values"]
+    assert first["family"] == "simple_cnn"
+    assert read_best(tuned.root)["train_samples"] == 1293
+    assert "a trial epoch is" not in capsys.readouterr().err
+
+
+@pytest.mark.integration
 def test_configurations_too_slow_for_the_final_training_are_skipped_not_failed(tuned, capsys):
     # 30 s of search, 10 s left for the final training after its finishing: no model can
     # train a million epochs there. The first two trials (seeds too slow for this machine)
