@@ -86,8 +86,16 @@ def test_vgg16_on_a_photo_folder_streams_trains_evaluates_and_predicts(tmp_path,
         tmp_path / "repo",
         data={"dataset": "image_folder", "image_folder": str(photos)},
         preprocess={"image_size": [224, 224]},
-        tune={"algorithm": "random", "max_trials": 1, "max_epochs": 1, "batch_size": 16},
-        train={"epochs": 1, "batch_size": 8},
+        # One pass per epoch (min_epoch_steps 0): this checks the data path and the stages,
+        # not training length, and VGG16 at 224x224 costs seconds a step on a CPU.
+        tune={
+            "algorithm": "random",
+            "max_trials": 1,
+            "max_epochs": 1,
+            "batch_size": 16,
+            "min_epoch_steps": 0,
+        },
+        train={"epochs": 1, "batch_size": 8, "min_epoch_steps": 0},
         pretrained={"download": False},
     )
     params = yaml.safe_load((repo / "params.yaml").read_text())
