@@ -130,28 +130,41 @@ def spearman(x, y) -> float | None:
 
 # -- configurations ---------------------------------------------------------------------------
 def draw_configs(space, k: int, seed: int) -> list[dict]:
-    """``k`` distinct configurations as Keras Tuner's ``RandomSearch`` draws its trials: the
-    oracle's space is what ``CNNHyperModel`` declares, values from its seeded sampler."""
+    """``k`` distinct configurations as Keras Tuner's ``RandomSearch`` draws its trials: a
+    seeded ``RandomSearchOracle`` over the space ``CNNHyperModel`` declares, driven by a
+    ``Tuner`` whose ``run_trial`` records each trial's values instead of training (Keras
+    Tuner's documented way to customise a search), so that no configuration is drawn twice."""
+    import tempfile
+
     import keras_tuner
 
     from pipeline.search.hypermodel import CNNHyperModel
 
-    hp = keras_tuner.HyperParameters()
-    CNNHyperModel(space, (28, 28, 1), 10).declare_hyperparameters(hp)
+    cnn = CNNHyperModel(space, (28, 28, 1), 10)
+    drawn: list[dict] = []
+
+    class Space(keras_tuner.HyperModel):
+        """The CNN space's hyperparameters, no model: nothing here is built or trained."""
+
+        def declare_hyperparameters(self, hp):
+            cnn.declare_hyperparameters(hp)
+
+        def build(self, hp):
+            cnn.declare_hyperparameters(hp)
+
+    class Draw(keras_tuner.Tuner):
+        def run_trial(self, trial, *args, **kwargs):
+            drawn.append({n: plain(v) for n, v in trial.hyperparameters.values.items()})
+            return 0.0
+
     oracle = keras_tuner.oracles.RandomSearchOracle(
-        objective=keras_tuner.Objective("val_accuracy", direction="max"), max_trials=k, seed=seed
+        objective=keras_tuner.Objective("score", direction="max"), max_trials=k, seed=seed
     )
-    oracle.update_space(hp)
-    configs = []
-    for _ in range(k):
-        # What populate_space does for each new trial; the hash is what the oracle records
-        # when the trial is created, so that no configuration is drawn twice.
-        values = oracle._random_values()
-        if values is None:
-            break
-        oracle._tried_so_far.add(oracle._compute_values_hash(values))
-        configs.append({name: plain(value) for name, value in values.items()})
-    return configs
+    with tempfile.TemporaryDirectory(prefix="fidelity-draw-") as folder:
+        Draw(oracle=oracle, hypermodel=Space(), directory=folder, project_name="draw").search(
+            verbose=0
+        )
+    return drawn
 
 
 def plain(value):

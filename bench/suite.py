@@ -53,8 +53,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--cache", type=Path, default=suite_data.CACHE, help="built datasets (%(default)s)")
     add("--workdir", type=Path, default=None, help="keep the projects here, one per dataset")
     add("--json", type=Path, default=None, help="also write the results to this file")
-    add("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="changes",
-        help="change every project's params.yaml (as bench/peers.py --set); repeatable")  # fmt: skip
+    add(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        dest="changes",
+        help="change every project's params.yaml (as bench/peers.py --set); repeatable",
+    )
     add("--build-only", action="store_true", help="build the datasets, print them, exit")
     add("--setup", action="store_true", help="create bench/.venv-peers and exit")
     args = parser.parse_args(argv)
