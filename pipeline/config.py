@@ -326,7 +326,10 @@ class RegisterParams(_Section):
         0.05,
         gt=0,
         lt=1,
-        description="McNemar's test on the gate split must give p below this; null: off",
+        description=(
+            "McNemar's test on the gate split (class-weighted when the gate compares "
+            "balanced accuracies) must give p below this; null: off"
+        ),
     )
 
 

@@ -9,7 +9,7 @@ from pipeline import register
 from pipeline.errors import DataError
 from pipeline.model_input import pixel_inputs
 from pipeline.registry.gate import decide
-from pipeline.registry.mcnemar import mcnemar
+from pipeline.registry.mcnemar import mcnemar, weighted_mcnemar
 from tests import conftest
 
 CLASSES = ["alpha", "beta", "gamma"]
@@ -312,3 +312,68 @@ def test_mcnemar_exact_and_chi2():
     assert (result.b, result.c, result.method) == (40, 20, "chi2-cc")
     assert result.p_value == pytest.approx(chi2.sf((20 - 1) ** 2 / 60, 1))
     assert mcnemar(cand, cand).p_value == 1.0
+
+
+def test_weighted_mcnemar_with_equal_weights_is_the_exact_test():
+    from scipy.stats import binomtest
+
+    cand = np.array([True] * 10 + [False] * 2 + [True] * 5)
+    champ = np.array([False] * 10 + [True] * 2 + [True] * 5)
+    result = weighted_mcnemar(cand, champ, np.full(17, 0.25))
+    assert (result.b, result.c, result.method) == (10, 2, "exact, class-weighted")
+    assert result.p_value == pytest.approx(binomtest(2, 12, 0.5).pvalue)
+    assert weighted_mcnemar(cand, cand, np.ones(17)).p_value == 1.0
+    with pytest.raises(ValueError, match="weights must be finite and > 0"):
+        weighted_mcnemar(cand, champ, np.zeros(17))
+
+
+def _rare_class_gain():
+    """100 images of a common class, 7 of a rare one: the candidate gets the 7 rare images
+    the champion misses, the champion 6 common images the candidate misses."""
+    y = np.array([0] * 100 + [1] * 7)
+    cand = np.ones(107, bool)
+    cand[:6] = False
+    champ = np.ones(107, bool)
+    champ[100:] = False
+    weights = np.where(y == 0, 1 / 100, 1 / 7)
+    return cand, champ, weights
+
+
+def test_gate_under_balanced_accuracy_weighs_a_rare_class_gain_as_the_score_does():
+    cand, champ, weights = _rare_class_gain()
+    # Counted in images it is noise: 7 against 6 discordant images, p = 1.
+    plain = decide(cand, champ, 0.0, 0.05)
+    assert not plain.promote and plain.mcnemar.p_value == pytest.approx(1.0)
+    # Weighted as balanced accuracy weighs it, the rare class decides: a sum of |T| >= 7 - 0.42
+    # (in units of a rare image) needs all 7 rare images on one side: p = 2 / 2**7.
+    balanced = decide(cand, champ, 0.0, 0.05, weights=weights)
+    assert balanced.promote
+    assert balanced.mcnemar.p_value == pytest.approx(2 / 2**7)
+    assert (balanced.mcnemar.b, balanced.mcnemar.c) == (7, 6)
+    assert "candidate 0.9700 vs the champion 0.5000" in balanced.reason
+    assert "class-weighted McNemar p=0.016 < 0.05" in balanced.reason
+    # And the other way round: many common-class gains do not outweigh a rare class lost.
+    y = np.array([0] * 400 + [1] * 4)
+    cand = np.ones(404, bool)
+    cand[400:] = False
+    champ = np.ones(404, bool)
+    champ[:30] = False
+    weights = np.where(y == 0, 1 / 400, 1 / 4)
+    assert mcnemar(cand, champ).p_value < 0.01  # 30 against 4 images
+    assert not decide(cand, champ, 0.0, 0.05, weights=weights).promote  # balanced: worse
+
+
+def test_weighted_mcnemar_monte_carlo_is_fixed_and_agrees_with_the_chi2_test():
+    from pipeline.registry import mcnemar as module
+
+    # Three weights that differ in the tenth digit: too many sums for the exact path, and
+    # about McNemar's test on images, since the weights are nearly equal.
+    # Per block of 300: 160 images only the candidate got right, 140 only the champion.
+    cand = np.concatenate([np.r_[np.ones(160, bool), np.zeros(140, bool)]] * 3)
+    champ = ~cand
+    weights = 1 + 1e-9 * (np.arange(900) // 300)
+    assert 301**3 > module.EXACT_SUMS
+    first = weighted_mcnemar(cand, champ, weights)
+    assert first.method.startswith("sign-flip, class-weighted")
+    assert first == weighted_mcnemar(cand, champ, weights)  # the same decision every time
+    assert first.p_value == pytest.approx(mcnemar(cand, champ).p_value, abs=0.01)

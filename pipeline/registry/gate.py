@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.registry.mcnemar import McNemar, mcnemar
+from pipeline.registry.mcnemar import McNemar, mcnemar, weighted_mcnemar
 
 # Accuracies are k/n fractions: compare with a little slack for float round-off.
 _EPS = 1e-12
@@ -39,7 +39,8 @@ def decide(
 
     Both masks say which images of ``split`` each model got right, image by image.
     ``weights``: one per image (``1 / count(class)`` for imbalanced classes: the scores are
-    then balanced accuracies); McNemar's test still counts images.
+    then balanced accuracies); McNemar's test then weighs each image as the score does
+    (``weighted_mcnemar``), so a gain on a rare class counts what it counts in the score.
     """
     if champion_correct is None:
         return Decision(True, "first model: no champion yet")
@@ -47,7 +48,9 @@ def decide(
     champ = np.asarray(champion_correct, dtype=bool)
     acc_a, acc_k = score(cand, weights), score(champ, weights)
     delta = acc_a - acc_k
-    test = mcnemar(cand, champ) if significance is not None else None
+    test = None
+    if significance is not None:
+        test = mcnemar(cand, champ) if weights is None else weighted_mcnemar(cand, champ, weights)
     scores = f"candidate {acc_a:.4f} vs {champion_label} {acc_k:.4f} on {split}"
     if delta <= _EPS:
         verdict = "not better than" if delta >= -_EPS else "worse than"
@@ -58,7 +61,8 @@ def decide(
         return Decision(
             True, f"better than {champion_label}: {scores}, {delta:+.4f} (McNemar's test off)", test
         )
-    p_value = f"McNemar p={test.p_value:.2g}"
+    test_name = "McNemar" if weights is None else "class-weighted McNemar"
+    p_value = f"{test_name} p={test.p_value:.2g}"
     detail = f"b={test.b} only the candidate right, c={test.c} only the champion right"
     if not test.p_value < significance:
         return Decision(
