@@ -134,10 +134,17 @@ def run_and_report(args, prefix: str, run, report) -> dict:
             results = run(Path(tmp), args)
     report(results)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"\n  wrote {args.json}")
+        write_json(args.json, results)
     return results
+
+
+def write_json(path: Path, results: dict) -> None:
+    """``results`` to ``path`` whole or not at all (a temp file beside it, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(path)
+    print(f"\n  wrote {path}")
 
 
 # -- in a side's own process ------------------------------------------------------------------

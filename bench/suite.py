@@ -20,6 +20,7 @@ one that crashes as failed, and the others go on. Exit code 0 unless something c
 """
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -61,10 +62,25 @@ def parse_args(argv=None) -> argparse.Namespace:
         dest="changes",
         help="change every project's params.yaml (as bench/peers.py --set); repeatable",
     )
+    add(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="print one table from earlier runs' --json files (a later file's side replaces an "
+        "earlier one's on the same dataset); runs nothing",
+    )
     add("--build-only", action="store_true", help="build the datasets, print them, exit")
     add("--setup", action="store_true", help="create bench/.venv-peers and exit")
     args = parser.parse_args(argv)
     if args.setup:
+        return args
+    if args.merge:
+        try:
+            args.merged = merge(args.merge)
+        except MergeError as exc:
+            parser.error(str(exc))
         return args
     args.datasets = pick(parser, "--datasets", args.datasets, suite_data.DATASETS)
     args.sides = pick(parser, "--sides", args.sides, peers.SIDES)
@@ -198,12 +214,13 @@ def rank(scores: dict[str, float | None]) -> dict[str, float]:
 
 def mean_ranks(entries: list[dict], sides: list[str]) -> dict:
     """Each side's mean rank by test accuracy and by macro F1 over the datasets on which at
-    least one side gave a score (a dataset no side ran says nothing about any)."""
+    least one side gave a score (a dataset no side ran says nothing about any); scores are
+    compared at 6 decimals."""
     totals = {side: {m: [] for m in METRICS} for side in sides}
     for entry in entries:
         runs = {r["side"]: r for r in entry.get("runs", [])}
         for metric in METRICS:
-            scores = {s: runs.get(s, {}).get(metric) for s in sides}
+            scores = {s: rounded(runs.get(s, {}).get(metric)) for s in sides}
             if all(v is None for v in scores.values()):
                 continue
             for side, place in rank(scores).items():
@@ -218,8 +235,75 @@ def mean_ranks(entries: list[dict], sides: list[str]) -> dict:
     }
 
 
+def rounded(score: float | None) -> float | None:
+    """A score to the 6 decimals of ``reports/metrics.json`` (ours' source), so that the same
+    score computed at full precision (a peer's) ties with it instead of ranking apart."""
+    return None if score is None else round(score, 6)
+
+
 def mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+# -- several runs, one table ------------------------------------------------------------------
+class MergeError(ValueError):
+    """A --merge file that is not a suite result, or results that cannot share a table."""
+
+
+def merge(paths: list[Path]) -> dict:
+    """The results of several suite runs (``--json`` files) as one: per dataset and side the
+    run of the last file that has one, each marked with its file; ranks computed anew. The
+    runs must share the budget and the seed (the seed decides the datasets' images)."""
+    loaded = []
+    for path in paths:
+        try:
+            results = json.loads(path.read_text())
+            settings, datasets = results["settings"], results["datasets"]
+            shared = (settings["budget_minutes"], settings["seed"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise MergeError(
+                f"--merge {path}: not a suite result ({type(exc).__name__}: {exc})"
+            ) from None
+        if loaded and shared != loaded[0][1]:
+            raise MergeError(
+                f"--merge {path}: budget {shared[0]:g} min, seed {shared[1]} differ from "
+                f"{loaded[0][0]}'s {loaded[0][1][0]:g} min, seed {loaded[0][1][1]}: "
+                "merge runs of one budget and seed"
+            )
+        loaded.append((path, shared, results, datasets))
+    entries: dict[str, dict] = {}
+    sides: set[str] = set()
+    machines: set[str] = set()
+    for path, _, results, datasets in loaded:
+        if results.get("machine"):
+            machines.add(results["machine"])
+        for dataset in datasets:
+            entry = entries.setdefault(dataset["name"], {**dataset, "runs": []})
+            if dataset.get("build"):
+                entry.update({k: v for k, v in dataset.items() if k != "runs"})
+            for run in dataset.get("runs", []):
+                sides.add(run["side"])
+                entry["runs"] = [r for r in entry["runs"] if r["side"] != run["side"]]
+                entry["runs"].append({**run, "from": path.name})
+    order = [s for s in peers.SIDES if s in sides] + sorted(sides - set(peers.SIDES))
+    place = {name: i for i, name in enumerate(suite_data.DATASETS)}
+    ordered = sorted(entries.values(), key=lambda e: (place.get(e["name"], len(place)), e["name"]))
+    for entry in ordered:
+        entry["runs"].sort(key=lambda r: order.index(r["side"]))
+    first = loaded[0][2]["settings"]
+    settings = {
+        "cache": first.get("cache"),
+        "seed": first["seed"],
+        "budget_minutes": first["budget_minutes"],
+        "merged_from": [str(path) for path in paths],
+    }
+    return {
+        "settings": settings,
+        "machine": " / ".join(sorted(machines)) or None,
+        "datasets": ordered,
+        "ranks": mean_ranks(ordered, order),
+        "crashed": any(e.get("crashed") for e in ordered),
+    }
 
 
 # -- the table --------------------------------------------------------------------------------
@@ -273,6 +357,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.setup:
         return setup()
+    if args.merge:
+        report(args.merged)
+        print(f"\n  merged from {', '.join(str(p) for p in args.merge)}")
+        if args.json is not None:
+            common.write_json(args.json, args.merged)
+        return 0
     results = common.run_and_report(args, "suite-bench-", run, report)
     return 1 if results["crashed"] else 0
 

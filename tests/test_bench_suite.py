@@ -289,3 +289,62 @@ def test_a_tiny_run_of_ours_on_digits(tmp_path):
     assert results["ranks"]["ours"] == {"accuracy": 1.0, "macro_f1": 1.0, "datasets": 1}
     assert "digits" in done.stdout and "mean rank" in done.stdout
     assert "[1/1] digits" in done.stderr
+
+
+# -- several runs, one table ------------------------------------------------------------------
+def test_merge_runs_into_one_table_later_sides_replacing_earlier(tmp_path, capsys):
+    first = fake_results()
+    second = fake_results()
+    second["datasets"] = [
+        {"name": "digits", "about": "8x8", "status": "built", "build": {}, "runs": [
+            ran("autokeras", 0.99, 0.99), ran("ours", 0.98, 0.98)]},
+        {"name": "photos_small", "about": "300", "status": "built", "build": {}, "runs": [
+            ran("ours", 0.40, 0.38)]},
+    ]  # fmt: skip
+    second["machine"] = "tensorflow on CPU: Y, 2 cores"
+    a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "merged.json"
+    a.write_text(json.dumps(first))
+    b.write_text(json.dumps(second))
+    assert suite.main(["--merge", str(a), str(b), "--json", str(out)]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["digits", "ours", "0.9800", "0.9800", "301", "2048", "160/20/20"] in rows
+    assert ["digits", "autokeras", "0.9900", "0.9900", "301", "2048", "160/20/20"] in rows
+    assert ["lfw", "ours", "0.9000", "0.8000", "301", "2048", "160/20/20"] in rows
+    merged = json.loads(out.read_text())
+    names = [d["name"] for d in merged["datasets"]]
+    assert names == [n for n in data.DATASETS if n in {"lfw", "digits", "letters", "photos_small"}]
+    digits = next(d for d in merged["datasets"] if d["name"] == "digits")
+    assert [(r["side"], r["from"]) for r in digits["runs"]] == [
+        ("ours", "b.json"),
+        ("keras_tuner", "a.json"),
+        ("autokeras", "b.json"),
+    ]
+    # digits: autokeras 1st, ours 2nd; photos_small: only ours has a score.
+    assert merged["ranks"]["autokeras"]["datasets"] == 3
+    assert merged["ranks"]["autokeras"]["accuracy"] == pytest.approx((2.5 + 1 + 2.5) / 3)
+    assert merged["machine"] == "tensorflow on CPU: X, 2 cores / tensorflow on CPU: Y, 2 cores"
+    assert merged["settings"]["merged_from"] == [str(a), str(b)]
+
+
+def test_merge_refuses_other_budgets_and_files_that_are_no_results(tmp_path, capsys):
+    a, b, junk = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "junk.json"
+    a.write_text(json.dumps(fake_results(5.0)))
+    b.write_text(json.dumps(fake_results(15.0)))
+    junk.write_text('{"trials": []}')
+    for argv, message in [
+        ([a, b], "b.json: budget 15 min, seed 42 differ from"),
+        ([a, junk], "junk.json: not a suite result (KeyError: 'settings')"),
+        ([tmp_path / "gone.json"], "gone.json: not a suite result (FileNotFoundError"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            suite.parse_args(["--merge", *map(str, argv)])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and len(err.splitlines()) == 1 and message in err
+
+
+def test_ranks_tie_a_score_rounded_in_metrics_json_with_the_same_at_full_precision():
+    entry = {"name": "lfw", "runs": [
+        ran("ours", 0.95, 0.949875), ran("keras_tuner", 1.0, 1.0),
+        ran("autokeras", 0.95, 0.949874686716792)]}  # fmt: skip
+    ranks = suite.mean_ranks([entry], ["ours", "keras_tuner", "autokeras"])
+    assert ranks["ours"]["macro_f1"] == ranks["autokeras"]["macro_f1"] == 2.5
