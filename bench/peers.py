@@ -350,6 +350,37 @@ def ours_read_worker(workdir: Path) -> dict:
         "images": [len(splits.train), len(splits.val), len(y_test)],
         "data_sha256": data_digest(x_train, splits.train.y, x_val, splits.val.y, x_test, y_test),
         "epochs": epochs,
+        **dev_scores(),
+    }
+
+
+def dev_scores() -> dict:
+    """The trained model on the gate split, as a development score for choosing defaults:
+    no stage of ours trains or selects on it (register, the one stage that reads it, does
+    not run here), even with ``train.fit_on_val``, which trains on val. ``dev_*`` keys;
+    empty where the data has no gate split."""
+    import numpy as np
+
+    from pipeline import evaluate, paths
+    from pipeline.data.splits import load_meta, load_split
+    from pipeline.errors import DataError
+    from pipeline.registry import models
+    from pipeline.reports.metrics import classification_metrics
+
+    try:
+        gate = load_split("gate")
+    except DataError:  # prepared with preprocess.gate_fraction 0
+        return {}
+    if len(gate.y) == 0:
+        return {}
+    names = [str(c) for c in load_meta()["class_names"]]
+    probs = evaluate.predict(models.load_keras(paths.MODEL), gate, len(names))
+    scores = classification_metrics(gate.y.astype(np.int64), probs.argmax(axis=1), names)
+    return {
+        "dev_accuracy": scores["accuracy"],
+        "dev_macro_f1": scores["macro_f1"],
+        "dev_balanced_accuracy": scores["balanced_accuracy"],
+        "dev_images": int(len(gate.y)),
     }
 
 

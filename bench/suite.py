@@ -331,6 +331,8 @@ def report(results: dict) -> None:
     print(f"  budget    B = {s['budget_minutes']:g} min each side (search + final training)")
     print(f"  machine   {results['machine']}")
     print("  scores    on the test split, after B; wall_s: launch to the end of training")
+    print("            dev: ours' accuracy / macro F1 on the gate split (images), which no")
+    print("            stage trains or selects on: the score to choose defaults by")
     print()
     head = f"{'test_acc':>9}{'macro_f1':>9}{'wall_s':>8}{'rss_MB':>8}  images (train/val/test)"
     print(f"  {'dataset':<19}{'side':<13}{head}")
@@ -339,10 +341,14 @@ def report(results: dict) -> None:
             if r["status"] != "ran":
                 print(f"  {e['name']:<19}{r['side']:<13}{r['status']}")
                 continue
+            dev = ""
+            if r.get("dev_accuracy") is not None:
+                dev = f"  dev {r['dev_accuracy']:.4f} / {r['dev_macro_f1']:.4f} ({r['dev_images']})"
             print(
                 f"  {e['name']:<19}{r['side']:<13}{peers.number(r['test_accuracy'], 9, 4)}"
                 f"{peers.number(r.get('test_macro_f1'), 9, 4)}{r['wall_s']:>8.0f}"
                 f"{peers.number(r.get('peak_rss_mb'), 8, 0)}  {'/'.join(map(str, r['images']))}"
+                f"{dev}"
             )
     print()
     print("  mean rank (1 = best; a side with no score ties for last on that dataset)")

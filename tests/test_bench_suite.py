@@ -193,10 +193,21 @@ def test_mean_ranks_over_the_datasets_some_side_ran():
 
 
 def test_the_table_one_row_per_dataset_and_side(capsys):
-    suite.report(fake_results())
+    results = fake_results()
+    results["datasets"][0]["runs"][0].update(
+        dev_accuracy=0.875, dev_macro_f1=0.8, dev_balanced_accuracy=0.85, dev_images=16
+    )
+    suite.report(results)
     lines = capsys.readouterr().out.splitlines()
     rows = [line.split() for line in lines]
-    assert ["lfw", "ours", "0.9000", "0.8000", "301", "2048", "160/20/20"] in rows
+    assert ["lfw", "ours", "0.9000", "0.8000", "301", "2048", "160/20/20"] + [
+        "dev",
+        "0.8750",
+        "/",
+        "0.8000",
+        "(16)",
+    ] in rows
+    assert ["lfw", "keras_tuner", "0.8500", "0.8500", "301", "2048", "160/20/20"] in rows
     assert ["lfw", "200", "2", "1.0:1", "1.0", "2.5"] in rows
     assert ["digits", "autokeras", "failed:", "RuntimeError:", "boom"] in rows
     assert any(r[:4] == ["letters", "ours", "not", "run:"] for r in rows)
@@ -284,6 +295,10 @@ def test_a_tiny_run_of_ours_on_digits(tmp_path):
     (run,) = entry["runs"]
     assert run["status"] == "ran" and 0 < min(run["images"]) and sum(run["images"]) < 1797
     assert 0.0 < run["test_accuracy"] <= 1.0 and 0.0 < run["test_macro_f1"] <= 1.0
+    # The development score: the gate split, which no stage of ours trains or selects on.
+    assert run["dev_images"] > 0 and 0.0 < run["dev_accuracy"] <= 1.0
+    assert 0.0 < run["dev_macro_f1"] <= 1.0 and 0.0 < run["dev_balanced_accuracy"] <= 1.0
+    assert f"dev {run['dev_accuracy']:.4f}" in done.stdout
     assert run["wall_s"] <= run["budget_from_s"] + 0.4 * 60 + 10
     assert 100 < run["peak_rss_mb"] < 8000
     assert results["ranks"]["ours"] == {"accuracy": 1.0, "macro_f1": 1.0, "datasets": 1}
