@@ -71,17 +71,31 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="print one table from earlier runs' --json files (a later file's side replaces an "
         "earlier one's on the same dataset); runs nothing",
     )
+    add(
+        "--compare",
+        nargs=2,
+        type=Path,
+        default=None,
+        metavar=("A", "B"),
+        help="ours in two runs' --json files (two arms of a default), dataset by dataset, "
+        "on the dev (gate split) score; runs nothing",
+    )
     add("--build-only", action="store_true", help="build the datasets, print them, exit")
     add("--setup", action="store_true", help="create bench/.venv-peers and exit")
     args = parser.parse_args(argv)
     if args.setup:
         return args
-    if args.merge:
-        try:
+    if args.merge and args.compare:
+        parser.error("--merge and --compare: give one (merge each arm's files first)")
+    try:
+        if args.merge:
             args.merged = merge(args.merge)
-        except MergeError as exc:
-            parser.error(str(exc))
-        return args
+            return args
+        if args.compare:
+            args.compared = compare(*args.compare)
+            return args
+    except MergeError as exc:
+        parser.error(str(exc))
     args.datasets = pick(parser, "--datasets", args.datasets, suite_data.DATASETS)
     args.sides = pick(parser, "--sides", args.sides, peers.SIDES)
     if not args.budget_minutes > 0:
@@ -250,10 +264,9 @@ class MergeError(ValueError):
     """A --merge file that is not a suite result, or results that cannot share a table."""
 
 
-def merge(paths: list[Path]) -> dict:
-    """The results of several suite runs (``--json`` files) as one: per dataset and side the
-    run of the last file that has one, each marked with its file; ranks computed anew. The
-    runs must share the budget and the seed (the seed decides the datasets' images)."""
+def load_results(paths: list[Path], option: str) -> list[tuple]:
+    """``(path, (budget, seed), results, datasets)`` per suite ``--json`` file; MergeError
+    naming the file when one is not a suite result or its budget or seed differ."""
     loaded = []
     for path in paths:
         try:
@@ -262,15 +275,88 @@ def merge(paths: list[Path]) -> dict:
             shared = (settings["budget_minutes"], settings["seed"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise MergeError(
-                f"--merge {path}: not a suite result ({type(exc).__name__}: {exc})"
+                f"{option} {path}: not a suite result ({type(exc).__name__}: {exc})"
             ) from None
         if loaded and shared != loaded[0][1]:
             raise MergeError(
-                f"--merge {path}: budget {shared[0]:g} min, seed {shared[1]} differ from "
+                f"{option} {path}: budget {shared[0]:g} min, seed {shared[1]} differ from "
                 f"{loaded[0][0]}'s {loaded[0][1][0]:g} min, seed {loaded[0][1][1]}: "
-                "merge runs of one budget and seed"
+                "use runs of one budget and seed"
             )
         loaded.append((path, shared, results, datasets))
+    return loaded
+
+
+def compare(path_a: Path, path_b: Path) -> dict:
+    """Ours in run A against ours in run B (two arms of a default, each a suite ``--json``,
+    e.g. from ``--sides ours --set ...``), per dataset both ran: the development score (the
+    gate split) decides, val and test are shown for the record."""
+    (_, _, a, _), (_, _, b, _) = load_results([path_a, path_b], "--compare")
+    ours = {}
+    for arm, results in (("a", a), ("b", b)):
+        for dataset in results["datasets"]:
+            run = next((r for r in dataset.get("runs", []) if r["side"] == "ours"), None)
+            if run and run.get("status") == "ran" and run.get("dev_accuracy") is not None:
+                ours.setdefault(dataset["name"], {})[arm] = run
+    rows = []
+    for name, arms in ours.items():
+        if len(arms) < 2:
+            continue
+        row = {"dataset": name, "dev_images": arms["a"]["dev_images"]}
+        for key in ("dev_accuracy", "dev_macro_f1", "best_val_accuracy", "test_accuracy"):
+            row[key] = [arms["a"].get(key), arms["b"].get(key)]
+        rows.append(row)
+    if not rows:
+        raise MergeError(
+            f"--compare: no dataset on which ours ran with a dev score in both {path_a} and "
+            f"{path_b} (dev scores exist since the bench scored the gate split)"
+        )
+    diffs = [r["dev_macro_f1"][1] - r["dev_macro_f1"][0] for r in rows]
+    return {
+        "a": {"file": str(path_a), "changes": a["settings"].get("changes", [])},
+        "b": {"file": str(path_b), "changes": b["settings"].get("changes", [])},
+        "budget_minutes": a["settings"]["budget_minutes"],
+        "rows": rows,
+        "mean_dev_accuracy_b_minus_a": mean(
+            [r["dev_accuracy"][1] - r["dev_accuracy"][0] for r in rows]
+        ),
+        "mean_dev_macro_f1_b_minus_a": mean(diffs),
+        "b_better": sum(d > 1e-6 for d in diffs),
+        "b_worse": sum(d < -1e-6 for d in diffs),
+        "tied": sum(abs(d) <= 1e-6 for d in diffs),
+    }
+
+
+def report_compare(found: dict) -> None:
+    print()
+    print("A/B of ours: the development score (gate split) decides; test only reports")
+    for arm in ("a", "b"):
+        changes = " ".join(f"--set {c}" for c in found[arm]["changes"]) or "shipped params"
+        print(f"  {arm.upper()}  {found[arm]['file']}: {changes}")
+    print(f"  budget B = {found['budget_minutes']:g} min")
+    print()
+    head = "   dev_acc A / B     dev_f1 A / B       val A / B         test A / B"
+    print(f"  {'dataset':<19}{'dev':>5}  {head}")
+    for r in found["rows"]:
+        cells = "".join(
+            f"{peers.number(r[k][0], 7, 4)} /{peers.number(r[k][1], 7, 4)}   "
+            for k in ("dev_accuracy", "dev_macro_f1", "best_val_accuracy", "test_accuracy")
+        )
+        print(f"  {r['dataset']:<19}{r['dev_images']:>5}  {cells.rstrip()}")
+    print()
+    print(
+        f"  B - A, mean over {len(found['rows'])} dataset(s): dev accuracy "
+        f"{found['mean_dev_accuracy_b_minus_a']:+.4f}, dev macro F1 "
+        f"{found['mean_dev_macro_f1_b_minus_a']:+.4f}; by dev macro F1 B is better on "
+        f"{found['b_better']}, worse on {found['b_worse']}, tied on {found['tied']}"
+    )
+
+
+def merge(paths: list[Path]) -> dict:
+    """The results of several suite runs (``--json`` files) as one: per dataset and side the
+    run of the last file that has one, each marked with its file; ranks computed anew. The
+    runs must share the budget and the seed (the seed decides the datasets' images)."""
+    loaded = load_results(paths, "--merge")
     entries: dict[str, dict] = {}
     sides: set[str] = set()
     machines: set[str] = set()
@@ -363,6 +449,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.setup:
         return setup()
+    if args.compare:
+        report_compare(args.compared)
+        if args.json is not None:
+            common.write_json(args.json, args.compared)
+        return 0
     if args.merge:
         report(args.merged)
         print(f"\n  merged from {', '.join(str(p) for p in args.merge)}")

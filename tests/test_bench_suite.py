@@ -363,3 +363,47 @@ def test_ranks_tie_a_score_rounded_in_metrics_json_with_the_same_at_full_precisi
         ran("autokeras", 0.95, 0.949874686716792)]}  # fmt: skip
     ranks = suite.mean_ranks([entry], ["ours", "keras_tuner", "autokeras"])
     assert ranks["ours"]["macro_f1"] == ranks["autokeras"]["macro_f1"] == 2.5
+
+
+def arm(changes: list[str], dev: dict[str, tuple[float, float]]) -> dict:
+    """A suite result of ours alone with dev scores per dataset."""
+    results = fake_results()
+    results["settings"]["changes"] = changes
+    results["datasets"] = [
+        {"name": name, "about": "", "status": "built", "build": {}, "runs": [
+            {**ran("ours", 0.9, 0.9), "best_val_accuracy": 0.95, "dev_accuracy": acc,
+             "dev_macro_f1": f1, "dev_balanced_accuracy": f1, "dev_images": 40}]}
+        for name, (acc, f1) in dev.items()
+    ]  # fmt: skip
+    return results
+
+
+def test_compare_two_arms_on_the_dev_score(tmp_path, capsys):
+    a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "ab.json"
+    a.write_text(json.dumps(arm([], {"digits": (0.90, 0.80), "lfw": (0.9, 0.9)})))
+    b.write_text(json.dumps(arm(["train.fit_on_val=false"], {
+        "digits": (0.95, 0.90), "lfw": (0.9, 0.9), "letters": (1.0, 1.0)})))  # fmt: skip
+    assert suite.main(["--compare", str(a), str(b), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "B  " + str(b) + ": --set train.fit_on_val=false" in text
+    assert "A  " + str(a) + ": shipped params" in text
+    rows = [line.split() for line in text.splitlines()]
+    assert ["digits", "40", "0.9000", "/", "0.9500", "0.8000", "/", "0.9000"] == rows[
+        next(i for i, r in enumerate(rows) if r[:1] == ["digits"])
+    ][:8]
+    found = json.loads(out.read_text())
+    assert [r["dataset"] for r in found["rows"]] == ["digits", "lfw"]  # letters: B only
+    assert found["mean_dev_macro_f1_b_minus_a"] == pytest.approx(0.05)
+    assert (found["b_better"], found["b_worse"], found["tied"]) == (1, 0, 1)
+    assert "better on 1, worse on 0, tied on 1" in text
+
+
+def test_compare_needs_dev_scores_in_both(tmp_path, capsys):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(fake_results()))  # no dev scores
+    b.write_text(json.dumps(arm([], {"digits": (0.9, 0.9)})))
+    with pytest.raises(SystemExit) as exit_:
+        suite.parse_args(["--compare", str(a), str(b)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1
+    assert "--compare: no dataset on which ours ran with a dev score in both" in err
