@@ -366,14 +366,46 @@ def test_gate_under_balanced_accuracy_weighs_a_rare_class_gain_as_the_score_does
 def test_weighted_mcnemar_monte_carlo_is_fixed_and_agrees_with_the_chi2_test():
     from pipeline.registry import mcnemar as module
 
-    # Three weights that differ in the tenth digit: too many sums for the exact path, and
+    # Three weights that differ by 0.1 %: too many sums for the exact path, and
     # about McNemar's test on images, since the weights are nearly equal.
     # Per block of 300: 160 images only the candidate got right, 140 only the champion.
     cand = np.concatenate([np.r_[np.ones(160, bool), np.zeros(140, bool)]] * 3)
     champ = ~cand
-    weights = 1 + 1e-9 * (np.arange(900) // 300)
+    weights = 1 + 1e-3 * (np.arange(900) // 300)
     assert 301**3 > module.EXACT_SUMS
     first = weighted_mcnemar(cand, champ, weights)
     assert first.method.startswith("sign-flip, class-weighted")
     assert first == weighted_mcnemar(cand, champ, weights)  # the same decision every time
     assert first.p_value == pytest.approx(mcnemar(cand, champ).p_value, abs=0.01)
+
+
+def test_weighted_mcnemar_on_the_gate_s_float32_weights_matches_exact_fractions():
+    """The gate passes Keras' float32 sample weights: ties must still count as ties. Class 0
+    has 10 gate images, class 1 30; the candidate alone is right on 10 of class 1, the champion
+    alone on 1 of class 0. The p-value from exact fractions, enumerated here independently."""
+    from fractions import Fraction
+    from math import comb
+
+    from pipeline.data.balance import sample_weights
+
+    y = np.array([0] * 10 + [1] * 30)
+    cand = np.ones(40, bool)
+    champ = np.ones(40, bool)
+    cand[0] = False  # class 0: only the champion right
+    champ[10:20] = False  # class 1: only the candidate right
+    w0, w1 = Fraction(1, 10), Fraction(1, 30)
+    observed = abs(10 * w1 - 1 * w0)
+    exact = sum(
+        Fraction(comb(10, k), 2**10) * Fraction(1, 2)
+        for k in range(11)
+        for sign in (1, -1)
+        if abs((2 * k - 10) * w1 + sign * w0) >= observed
+    )
+    weights = sample_weights(y, 2)
+    assert weights.dtype == np.float32
+    result = weighted_mcnemar(cand, champ, weights)
+    assert result.method == "exact, class-weighted"
+    assert result.p_value == pytest.approx(float(exact), rel=1e-9)
+    assert result.p_value == pytest.approx(
+        weighted_mcnemar(cand, champ, weights.astype(np.float64)).p_value, rel=1e-12
+    )

@@ -78,8 +78,11 @@ def weighted_mcnemar(
     if b + c == 0:
         return McNemar(b, c, 1.0, "none")
     discordant = a != k
-    w = w / w[discordant].max()  # scale-free: only the ratios between weights matter
-    levels, group = np.unique(np.round(w[discordant], 12), return_inverse=True)
+    # Scale-free (only the ratios between weights matter), and snapped to 6 decimals so that
+    # weights of float32 precision (Keras' sample weights) fall on one lattice: the observed
+    # sum and the null's sums are then made of the same numbers, and ties compare equal.
+    w = np.round(w / w[discordant].max(), 6)
+    levels, group = np.unique(w[discordant], return_inverse=True)
     m = np.bincount(group, minlength=len(levels))  # discordant images per weight
     plus = np.bincount(group, weights=a[discordant].astype(np.float64), minlength=len(levels))
     observed = abs(float(np.dot(levels, 2 * plus - m)))
@@ -92,9 +95,12 @@ def weighted_mcnemar(
             steps = np.arange(count + 1)
             sums = (sums[:, None] + level * (2 * steps - count)[None, :]).ravel()
             probs = (probs[:, None] * binom.pmf(steps, count, 0.5)[None, :]).ravel()
-        p = float(probs[np.abs(sums) >= observed - tie].sum())
+        # pmf underflows to 0 past about 1000 discordant images of one weight: p stays > 0.
+        p = max(float(probs[np.abs(sums) >= observed - tie].sum()), np.finfo(float).tiny)
         return McNemar(b, c, float(min(1.0, p)), "exact, class-weighted")
     rng = np.random.default_rng(0)
-    draws = (2 * rng.binomial(m, 0.5, size=(DRAWS, len(m))) - m) @ levels
+    draws = np.zeros(DRAWS)
+    for level, count in zip(levels, m, strict=True):  # one weight at a time: O(DRAWS) memory
+        draws += level * (2 * rng.binomial(count, 0.5, size=DRAWS) - count)
     p = (1 + int(np.sum(np.abs(draws) >= observed - tie))) / (1 + DRAWS)
     return McNemar(b, c, float(min(1.0, p)), f"sign-flip, class-weighted, {DRAWS} draws")
