@@ -89,6 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"{flag} must be >= 1, got {getattr(args, option)}")
     if args.seed is None:
         args.seed = common.shipped_params()["tune"]["seed"]
+    if args.seed < 1:  # Keras Tuner takes 0 as no seed and draws a random one
+        parser.error(f"--seed must be >= 1 (as tune.seed), got {args.seed}")
     # The projects' stages run with the project as the working directory: absolute paths.
     args.cache = args.cache.resolve()
     args.json = None if args.json is None else args.json.resolve()

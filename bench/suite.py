@@ -302,6 +302,11 @@ def compare(path_a: Path, path_b: Path) -> dict:
     for name, arms in ours.items():
         if len(arms) < 2:
             continue
+        if arms["a"]["dev_images"] != arms["b"]["dev_images"]:
+            raise MergeError(
+                f"--compare: {name}: the dev (gate) split has {arms['a']['dev_images']} images "
+                f"in A and {arms['b']['dev_images']} in B: compare arms on the same splits"
+            )
         row = {"dataset": name, "dev_images": arms["a"]["dev_images"]}
         for key in ("dev_accuracy", "dev_macro_f1", "best_val_accuracy", "test_accuracy"):
             row[key] = [arms["a"].get(key), arms["b"].get(key)]
@@ -357,6 +362,13 @@ def merge(paths: list[Path]) -> dict:
     run of the last file that has one, each marked with its file; ranks computed anew. The
     runs must share the budget and the seed (the seed decides the datasets' images)."""
     loaded = load_results(paths, "--merge")
+    changes = loaded[0][2]["settings"].get("changes", [])
+    for path, _, results, _ in loaded[1:]:
+        if results["settings"].get("changes", []) != changes:
+            raise MergeError(
+                f"--merge {path}: --set {results['settings'].get('changes', [])} differ from "
+                f"{loaded[0][0]}'s {changes}: merge the runs of one arm (--compare compares arms)"
+            )
     entries: dict[str, dict] = {}
     sides: set[str] = set()
     machines: set[str] = set()
@@ -369,18 +381,23 @@ def merge(paths: list[Path]) -> dict:
                 entry.update({k: v for k, v in dataset.items() if k != "runs"})
             for run in dataset.get("runs", []):
                 sides.add(run["side"])
+                earlier = [r for r in entry["runs"] if r["side"] == run["side"]]
+                if earlier and earlier[0]["status"] == "ran" and run["status"] != "ran":
+                    continue  # a later "not run" or "failed" does not hide a score
                 entry["runs"] = [r for r in entry["runs"] if r["side"] != run["side"]]
-                entry["runs"].append({**run, "from": path.name})
+                entry["runs"].append({**run, "from": str(path)})
     order = [s for s in peers.SIDES if s in sides] + sorted(sides - set(peers.SIDES))
     place = {name: i for i, name in enumerate(suite_data.DATASETS)}
     ordered = sorted(entries.values(), key=lambda e: (place.get(e["name"], len(place)), e["name"]))
     for entry in ordered:
         entry["runs"].sort(key=lambda r: order.index(r["side"]))
+        entry["crashed"] = any(r["status"].startswith("failed") for r in entry["runs"])
     first = loaded[0][2]["settings"]
     settings = {
         "cache": first.get("cache"),
         "seed": first["seed"],
         "budget_minutes": first["budget_minutes"],
+        "changes": changes,
         "merged_from": [str(path) for path in paths],
     }
     return {

@@ -172,7 +172,15 @@ class TuneParams(_Section):
     resume: bool = Field(
         True, description="continue the search saved in models/tuner/; false starts fresh"
     )
-    seed: int = Field(42, ge=0, description="seed of the search and of each trial")
+    # Keras Tuner's oracles take a seed of 0 as "none" and draw a random one (keras-tuner
+    # 1.4 Oracle.__init__: ``seed or random.randint(...)``): 0 would make the search
+    # unrepeatable.
+    seed: int = Field(
+        42,
+        ge=1,
+        description="seed of the search and of each trial (1 or more: Keras Tuner takes 0 as "
+        "no seed and draws a random one)",
+    )
 
     @model_validator(mode="before")
     @classmethod

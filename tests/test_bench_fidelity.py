@@ -87,6 +87,7 @@ def test_defaults():
         (["--trial-epochs", "0"], "--trial-epochs must be >= 1"),
         (["--final-epochs", "-1"], "--final-epochs must be >= 1"),
         (["--configs", "many"], "invalid int value"),
+        (["--seed", "0"], "--seed must be >= 1 (as tune.seed), got 0"),
     ],
 )
 def test_argument_errors_are_one_line(argv, message, capsys):

@@ -330,10 +330,11 @@ def test_merge_runs_into_one_table_later_sides_replacing_earlier(tmp_path, capsy
     assert names == [n for n in data.DATASETS if n in {"lfw", "digits", "letters", "photos_small"}]
     digits = next(d for d in merged["datasets"] if d["name"] == "digits")
     assert [(r["side"], r["from"]) for r in digits["runs"]] == [
-        ("ours", "b.json"),
-        ("keras_tuner", "a.json"),
-        ("autokeras", "b.json"),
+        ("ours", str(b)),
+        ("keras_tuner", str(a)),
+        ("autokeras", str(b)),
     ]
+    assert not digits["crashed"]  # a.json's failed AutoKeras was replaced by b.json's run
     # digits: autokeras 1st, ours 2nd; photos_small: only ours has a score.
     assert merged["ranks"]["autokeras"]["datasets"] == 3
     assert merged["ranks"]["autokeras"]["accuracy"] == pytest.approx((2.5 + 1 + 2.5) / 3)
@@ -407,3 +408,35 @@ def test_compare_needs_dev_scores_in_both(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and len(err.splitlines()) == 1
     assert "--compare: no dataset on which ours ran with a dev score in both" in err
+
+
+def test_merge_keeps_a_score_that_a_later_run_could_not_give(tmp_path, capsys):
+    a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "m.json"
+    a.write_text(json.dumps(fake_results()))
+    later = fake_results()
+    later["datasets"] = [{"name": "lfw", "about": "", "status": "not built: no skimage",
+        "build": {}, "runs": [{"side": s, "status": "not run: not built: no skimage"}
+                              for s in ("ours", "keras_tuner", "autokeras")]}]  # fmt: skip
+    b.write_text(json.dumps(later))
+    assert suite.main(["--merge", str(a), str(b), "--json", str(out)]) == 0
+    lfw = next(d for d in json.loads(out.read_text())["datasets"] if d["name"] == "lfw")
+    assert [r["test_accuracy"] for r in lfw["runs"]] == [0.90, 0.85, 0.85]
+
+
+def test_merge_refuses_two_arms_and_compare_two_splits(tmp_path, capsys):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(arm([], {"digits": (0.9, 0.9)})))
+    other = arm(["train.fit_on_val=false"], {"digits": (0.9, 0.9)})
+    b.write_text(json.dumps(other))
+    for argv, message in [
+        (["--merge", a, b], "b.json: --set ['train.fit_on_val=false'] differ from"),
+        (["--merge", a, b, "--compare", a, b], "--merge and --compare: give one"),
+    ]:
+        with pytest.raises(SystemExit):
+            suite.parse_args(list(map(str, argv)))
+        assert message in capsys.readouterr().err
+    other["datasets"][0]["runs"][0]["dev_images"] = 41
+    b.write_text(json.dumps(other))
+    with pytest.raises(SystemExit):
+        suite.parse_args(["--compare", str(a), str(b)])
+    assert "digits: the dev (gate) split has 40 images in A and 41 in B" in capsys.readouterr().err

@@ -56,6 +56,11 @@ def test_out_of_range_value(tmp_path):
     assert "preprocess.val_fraction: got 1.5, expected less than 1" in msg
 
 
+def test_a_search_seed_of_0_is_refused_because_keras_tuner_would_draw_a_random_one(tmp_path):
+    msg = _error_for(tmp_path, "tune:\n  seed: 0\n")
+    assert "tune.seed: got 0, expected greater than or equal to 1" in msg
+
+
 def test_unknown_dataset_lists_the_known_ones(tmp_path):
     msg = _error_for(tmp_path, "data:\n  dataset: imagenet\n")
     assert "data.dataset: got 'imagenet'" in msg and "'cifar10'" in msg
