@@ -264,26 +264,28 @@ class MergeError(ValueError):
     """A --merge file that is not a suite result, or results that cannot share a table."""
 
 
-def load_results(paths: list[Path], option: str) -> list[tuple]:
-    """``(path, (budget, seed), results, datasets)`` per suite ``--json`` file; MergeError
-    naming the file when one is not a suite result or its budget or seed differ."""
-    loaded = []
+def load_results(paths: list[Path], option: str) -> list[tuple[Path, dict]]:
+    """``(path, results)`` per suite ``--json`` file; MergeError naming the file when one is
+    not a suite result or its budget or seed differ from the first file's."""
+    loaded, first = [], None
     for path in paths:
         try:
             results = json.loads(path.read_text())
-            settings, datasets = results["settings"], results["datasets"]
-            shared = (settings["budget_minutes"], settings["seed"])
+            shared = (results["settings"]["budget_minutes"], results["settings"]["seed"])
+            if not isinstance(results["datasets"], list):
+                raise TypeError("'datasets' is not a list")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise MergeError(
                 f"{option} {path}: not a suite result ({type(exc).__name__}: {exc})"
             ) from None
-        if loaded and shared != loaded[0][1]:
+        first = first or (path, shared)
+        if shared != first[1]:
             raise MergeError(
                 f"{option} {path}: budget {shared[0]:g} min, seed {shared[1]} differ from "
-                f"{loaded[0][0]}'s {loaded[0][1][0]:g} min, seed {loaded[0][1][1]}: "
+                f"{first[0]}'s {first[1][0]:g} min, seed {first[1][1]}: "
                 "use runs of one budget and seed"
             )
-        loaded.append((path, shared, results, datasets))
+        loaded.append((path, results))
     return loaded
 
 
@@ -291,7 +293,7 @@ def compare(path_a: Path, path_b: Path) -> dict:
     """Ours in run A against ours in run B (two arms of a default, each a suite ``--json``,
     e.g. from ``--sides ours --set ...``), per dataset both ran: the development score (the
     gate split) decides, val and test are shown for the record."""
-    (_, _, a, _), (_, _, b, _) = load_results([path_a, path_b], "--compare")
+    (_, a), (_, b) = load_results([path_a, path_b], "--compare")
     ours = {}
     for arm, results in (("a", a), ("b", b)):
         for dataset in results["datasets"]:
@@ -362,8 +364,8 @@ def merge(paths: list[Path]) -> dict:
     run of the last file that has one, each marked with its file; ranks computed anew. The
     runs must share the budget and the seed (the seed decides the datasets' images)."""
     loaded = load_results(paths, "--merge")
-    changes = loaded[0][2]["settings"].get("changes", [])
-    for path, _, results, _ in loaded[1:]:
+    changes = loaded[0][1]["settings"].get("changes", [])
+    for path, results in loaded[1:]:
         if results["settings"].get("changes", []) != changes:
             raise MergeError(
                 f"--merge {path}: --set {results['settings'].get('changes', [])} differ from "
@@ -372,10 +374,10 @@ def merge(paths: list[Path]) -> dict:
     entries: dict[str, dict] = {}
     sides: set[str] = set()
     machines: set[str] = set()
-    for path, _, results, datasets in loaded:
+    for path, results in loaded:
         if results.get("machine"):
             machines.add(results["machine"])
-        for dataset in datasets:
+        for dataset in results["datasets"]:
             entry = entries.setdefault(dataset["name"], {**dataset, "runs": []})
             if dataset.get("build"):
                 entry.update({k: v for k, v in dataset.items() if k != "runs"})
@@ -392,7 +394,7 @@ def merge(paths: list[Path]) -> dict:
     for entry in ordered:
         entry["runs"].sort(key=lambda r: order.index(r["side"]))
         entry["crashed"] = any(r["status"].startswith("failed") for r in entry["runs"])
-    first = loaded[0][2]["settings"]
+    first = loaded[0][1]["settings"]
     settings = {
         "cache": first.get("cache"),
         "seed": first["seed"],
