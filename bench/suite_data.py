@@ -4,6 +4,9 @@ from a seed, into an image folder that the project's ``image_folder`` dataset re
 - ``lfw``: scikit-image's ``data.lfw_subset()``: 100 faces and 100 non-faces, 25x25 grey.
 - ``letters`` / ``letters26``: the letters A-J / A-Z rendered from every usable installed
   font, as notMNIST was built: one 28x28 grey image per font per letter.
+- ``lowercase``: the letters a-z, one per font, each turned, sheared, shrunk, moved, blurred
+  and noised at random (a scan or a photo of print, not a clean render): what ``letters26``
+  no longer is, a set that separates models (every side was within one test image there).
 - ``photos``, ``photos_imbalanced``, ``photos_small``: the four confusable Fashion-MNIST
   upper-body classes (t-shirt, pullover, coat, shirt) upscaled into camera-sized RGB JPEGs
   (640x480 to 1600x1200) on coloured, textured backgrounds at random places.
@@ -25,7 +28,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / ".suite-data"
@@ -106,9 +109,42 @@ def font_glyphs(path: Path, letters: str) -> tuple[tuple[str, str], list] | None
     return (str(family).lower(), str(style).lower()), glyphs
 
 
-def write_letters(dest: Path, fonts: list[Path], letters: str) -> dict:
+def distort(glyph: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A clean white-on-black glyph as a poor scan of it: turned up to 20 degrees, sheared,
+    shrunk to 55-100 %, moved off centre, blurred, on a grey level of its own with noise."""
+    size = glyph.shape[0]
+    big = Image.fromarray(glyph).resize((size * 4, size * 4), Image.Resampling.BICUBIC)
+    shear = rng.uniform(-0.3, 0.3)
+    big = big.transform(
+        big.size,
+        Image.Transform.AFFINE,
+        (1, shear, -shear * size * 2, 0, 1, 0),
+        resample=Image.Resampling.BICUBIC,
+    )
+    big = big.rotate(rng.uniform(-20, 20), resample=Image.Resampling.BICUBIC)
+    side = max(4, round(size * rng.uniform(0.55, 1.0)))
+    small = np.asarray(big.resize((side, side), Image.Resampling.LANCZOS), dtype=np.float32)
+    ink = np.zeros((size, size), np.float32)
+    x0, y0 = (int(v) for v in rng.integers(0, size - side + 1, 2))
+    ink[y0 : y0 + side, x0 : x0 + side] = small / 255
+    ink = (
+        np.asarray(
+            Image.fromarray((ink * 255).astype(np.uint8)).filter(
+                ImageFilter.GaussianBlur(rng.uniform(0, 1.2))
+            ),
+            dtype=np.float32,
+        )
+        / 255
+    )
+    paper, stroke = rng.uniform(0, 90), rng.uniform(150, 255)
+    noisy = paper + (stroke - paper) * ink + rng.normal(0, rng.uniform(0, 30), ink.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def write_letters(dest: Path, fonts: list[Path], letters: str, seed: int | None = None) -> dict:
     """One PNG per usable font per letter under ``dest/<letter>/``; the same face found in
-    two files (a Type 1 and an OpenType copy) or rendering identically is used once."""
+    two files (a Type 1 and an OpenType copy) or rendering identically is used once. With a
+    ``seed``, each glyph is ``distort``-ed, by (seed, its font's number, its letter's)."""
     names, renders, used = set(), set(), []
     for path in fonts:
         found = font_glyphs(path, letters)
@@ -120,7 +156,9 @@ def write_letters(dest: Path, fonts: list[Path], letters: str) -> dict:
             continue
         names.add(name)
         renders.add(digest)
-        for letter, glyph in zip(letters, glyphs, strict=True):
+        for i, (letter, glyph) in enumerate(zip(letters, glyphs, strict=True)):
+            if seed is not None:
+                glyph = distort(glyph, np.random.default_rng([seed, len(used), i]))
             folder = dest / letter
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(glyph).save(folder / f"{len(used):04d}.png")
@@ -138,9 +176,9 @@ def write_letters(dest: Path, fonts: list[Path], letters: str) -> dict:
     }
 
 
-def build_letters(dest: Path, seed: int, letters: str) -> dict:
-    """Letters from the fonts installed here (no randomness: ``seed`` is not used)."""
-    return write_letters(dest, font_files(), letters)
+def build_letters(dest: Path, seed: int, letters: str, distorted: bool = False) -> dict:
+    """Letters from the fonts installed here; ``seed`` is used only when ``distorted``."""
+    return write_letters(dest, font_files(), letters, seed if distorted else None)
 
 
 # -- lfw_subset (scikit-image) ----------------------------------------------------------------
@@ -268,6 +306,7 @@ def garment_counts(*counts: int) -> dict[str, int]:
 
 
 LETTERS10, LETTERS26 = "ABCDEFGHIJ", "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+LOWERCASE = LETTERS26.lower()
 DATASETS = {
     d.name: d
     for d in (
@@ -278,6 +317,9 @@ DATASETS = {
                 build=partial(build_letters, letters=LETTERS10)),
         Dataset("letters26", "letters A-Z from installed fonts: 28x28 grey, 26 classes",
                 build=partial(build_letters, letters=LETTERS26)),
+        Dataset("lowercase", "letters a-z from installed fonts, turned, shrunk, moved, blurred "
+                "and noised at random: 28x28 grey, 26 classes", build=partial(
+                    build_letters, letters=LOWERCASE, distorted=True)),
         Dataset("photos", "garment photos: 640x480-1600x1200 RGB JPEG, 4 classes, 500 each",
                 build=partial(build_photos, counts=garment_counts(500, 500, 500, 500))),
         Dataset("photos_imbalanced", "garment photos, 1000 / 300 / 100 / 100 (10:1)",

@@ -135,6 +135,7 @@ def log_to_mlflow(params, info: dict, metrics: dict, files: list[Path]) -> str:
         "test_macro_f1": metrics["macro_f1"],
         "test_balanced_accuracy": metrics["balanced_accuracy"],
         "test_never_predicted_classes": len(metrics["never_predicted"]),
+        "test_cohen_kappa": metrics["chance"]["kappa"],
     }
     run = existing_run(client, info.get("mlflow_run_id"), exp_id)
     own = run is None
@@ -218,6 +219,8 @@ def main(argv=None) -> int:
             f"class(es) of the test split: {', '.join(metrics['never_predicted'])} (their "
             "F1 is 0); with imbalanced classes keep imbalance.class_weights on (auto)"
         )
+    if not metrics["chance"]["above"]:
+        log(f"evaluate: warning: {chance_warning(metrics)}")
     log(
         f"evaluate: test accuracy {metrics['accuracy']:.4f}, balanced accuracy "
         f"{metrics['balanced_accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
@@ -225,6 +228,19 @@ def main(argv=None) -> int:
         f"report {paths.REPORT_HTML} (MLflow run {run_id}) in {time.monotonic() - start:.1f}s"
     )
     return 0
+
+
+def chance_warning(metrics: dict) -> str:
+    """One line for a model whose test accuracy is no better than guessing."""
+    found = metrics["chance"]
+    return (
+        f"the model is no better than chance on the test split: accuracy "
+        f"{metrics['accuracy']:.4f} against {found['accuracy']:.4f} for guesses at its own "
+        f"class rates (Cohen's kappa {found['kappa']:.2f}, permutation p = "
+        f"{found['p_value']:.2f}); it has learned nothing usable yet: give it more time "
+        "(budget.minutes), more images per class, or pretrained backbones "
+        "(tune.search_space: search_spaces/photos.yaml with pretrained)"
+    )
 
 
 def _plot_files() -> list[str]:

@@ -48,6 +48,33 @@ def test_letters_one_28px_glyph_per_font_per_letter(tmp_path):
     assert folder_bytes(tmp_path / "a") == folder_bytes(tmp_path / "b")
 
 
+def test_lowercase_glyphs_are_distorted_by_the_seed_alone(tmp_path):
+    fonts = [p for p in data.font_files() if p.name.startswith("DejaVu")][:3]
+    if len(fonts) < 2:
+        pytest.skip("no DejaVu fonts here (apt-get install fonts-dejavu-core)")
+    clean = data.write_letters(tmp_path / "clean", fonts, "abc")
+    info = data.write_letters(tmp_path / "a", fonts, "abc", seed=7)
+    assert info["classes"] == clean["classes"] == class_counts(tmp_path / "a")
+    glyph = Image.open(tmp_path / "a" / "b" / "0000.png")
+    assert (glyph.size, glyph.mode) == ((28, 28), "L")
+    data.write_letters(tmp_path / "b", fonts, "abc", seed=7)
+    data.write_letters(tmp_path / "c", fonts, "abc", seed=8)
+    a, b, c = (folder_bytes(tmp_path / n) for n in ("a", "b", "c"))
+    assert a == b and a != c and a != folder_bytes(tmp_path / "clean")
+    assert all(a[k] != c[k] for k in a)  # every glyph drawn anew, none left clean
+    built = data.DATASETS["lowercase"].build
+    assert built.keywords == {"letters": "abcdefghijklmnopqrstuvwxyz", "distorted": True}
+
+
+def test_distort_keeps_a_readable_letter_on_its_own_grey(tmp_path):
+    glyph = np.zeros((28, 28), np.uint8)
+    glyph[4:24, 12:16] = 255  # an "l"
+    for seed in range(20):
+        out = data.distort(glyph, np.random.default_rng(seed)).astype(float)
+        assert out.shape == (28, 28)
+        assert np.percentile(out, 98) - np.percentile(out, 50) > 40  # strokes above the paper
+
+
 def test_a_font_without_the_letters_is_left_out(tmp_path):
     fonts = [p for p in data.font_files() if p.name.startswith("DejaVu")]
     if not fonts:

@@ -346,6 +346,28 @@ def test_the_report_says_when_the_validation_accuracy_is_on_trained_images():
     assert "on images it trained on" not in _model_section(info)
 
 
+def test_a_model_no_better_than_chance_is_called_so_on_the_console_and_in_the_report():
+    from pipeline.evaluate import chance_warning
+    from pipeline.reports.html import _metrics_section
+    from pipeline.reports.metrics import evaluate_predictions
+
+    y = np.array([0] * 100 + [1] * 30 + [2] * 10 + [3] * 10)  # 10:1
+    majority = np.tile([0.7, 0.1, 0.1, 0.1], (len(y), 1))  # always the largest class
+    metrics, _, _ = evaluate_predictions(y, majority, list("abcd"))
+    assert metrics["accuracy"] == pytest.approx(0.6667, abs=1e-4)  # looks like a result
+    assert metrics["chance"]["above"] is False and metrics["chance"]["kappa"] == 0.0
+    line = chance_warning(metrics)
+    assert "no better than chance" in line and "0.6667 against 0.6667" in line
+    assert "budget.minutes" in line and "\n" not in line
+    assert "No better than chance" in _metrics_section(metrics)
+
+    learned, _, _ = evaluate_predictions(y, np.eye(4)[y] * 0.9 + 0.025, list("abcd"))
+    assert learned["chance"]["above"] is True and learned["chance"]["kappa"] == 1.0
+    assert "No better than chance" not in _metrics_section(learned)
+    del learned["chance"]  # a metrics.json from before the check still renders
+    assert "No better than chance" not in _metrics_section(learned)
+
+
 def test_a_training_run_not_in_the_store_gets_a_new_run_but_a_store_error_stops():
     """A run id the store does not know is logged to a new ``evaluate`` run; an MLflow
     error that is not "not found" (no permission, the server down) is a clear error."""

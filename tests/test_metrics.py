@@ -52,7 +52,26 @@ def test_metrics_on_a_hand_checked_example_with_an_absent_class():
         "num_test",
         "per_class",
         "never_predicted",
+        "chance",
     ]
+
+
+def test_chance_tells_a_guessing_model_from_one_that_learned():
+    rng = np.random.default_rng(5)
+    y_true = np.array([0] * 100 + [1] * 30 + [2] * 10 + [3] * 10)
+    # Always the largest class: 0.67 accuracy, and exactly what guessing gives.
+    majority = report_metrics.chance(y_true, np.zeros_like(y_true))
+    assert majority["accuracy"] == pytest.approx(100 / 150, abs=1e-6)
+    assert majority["kappa"] == 0.0 and majority["p_value"] == 1.0 and not majority["above"]
+    # Labels drawn at random, every class named: about the same as its expected accuracy.
+    random = report_metrics.chance(y_true, rng.permutation(y_true))
+    assert not random["above"] and abs(random["kappa"]) < 0.2
+    # Right on 60 % of the images, a random class on the rest: well above chance.
+    learned = np.where(rng.random(150) < 0.6, y_true, rng.integers(0, 4, 150))
+    found = report_metrics.chance(y_true, learned)
+    assert found["above"] and found["p_value"] < 0.001 and found["kappa"] > 0.3
+    assert report_metrics.chance(y_true, learned) == found  # fixed seed: the same p-value
+    assert report_metrics.chance(np.array([]), np.array([]))["above"] is False
 
 
 def test_metrics_agree_with_their_confusion_matrix():

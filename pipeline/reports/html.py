@@ -121,6 +121,13 @@ def _metrics_section(metrics: dict) -> str:
         if never
         else ""
     )
+    found = metrics.get("chance")  # absent from an older metrics.json
+    if found and not found["above"]:
+        warning += (
+            f"<p><b>No better than chance:</b> accuracy {_fmt(metrics['accuracy'])} against "
+            f"{_fmt(found['accuracy'])} for guesses at the model's own class rates (Cohen's "
+            f"kappa {found['kappa']:.2f}, permutation p = {found['p_value']:.2f}).</p>"
+        )
     return f"<div class='cards'>{cards}</div>{warning}<h3>Per class</h3>{table}"
 
 

@@ -6,6 +6,10 @@ from pipeline.data.balance import never_predicted
 
 # Probabilities are clipped before the log so a confident mistake costs a finite loss.
 EPSILON = 1e-7
+# Shuffles of the predictions against the labels in ``chance``'s permutation test, and the
+# p-value at or above which a model counts as no better than chance.
+CHANCE_DRAWS = 2000
+CHANCE_ALPHA = 0.05
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -57,6 +61,36 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: 
     }
 
 
+def chance(y_true: np.ndarray, y_pred: np.ndarray, draws: int = CHANCE_DRAWS) -> dict:
+    """Is the accuracy more than guessing would give? ``accuracy``: what a guesser scores that
+    ignores the image and names each class as often as the model does (the sum over classes
+    of true share times predicted share; always naming the largest class scores its share);
+    ``kappa``: Cohen's kappa, the accuracy's part of the way from that to 1; ``p_value``: of a
+    one-sided permutation test (the predictions shuffled against the labels ``draws`` times,
+    fixed seed): how often guessing at the model's own class rates scored as well.
+    ``above``: p_value below ``CHANCE_ALPHA``."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    n = len(y_true)
+    if n == 0:
+        return {"accuracy": 0.0, "kappa": 0.0, "p_value": 1.0, "draws": 0, "above": False}
+    correct = int(np.sum(y_true == y_pred))
+    classes = np.union1d(y_true, y_pred)
+    share_true = np.array([np.mean(y_true == c) for c in classes])
+    share_pred = np.array([np.mean(y_pred == c) for c in classes])
+    expected = float(np.sum(share_true * share_pred))
+    kappa = (correct / n - expected) / (1 - expected) if expected < 1 else 0.0
+    rng = np.random.default_rng(0)
+    as_good = sum(int(np.sum(y_true == rng.permutation(y_pred)) >= correct) for _ in range(draws))
+    p_value = (1 + as_good) / (1 + draws)
+    return {
+        "accuracy": round(expected, 6),
+        "kappa": round(float(kappa), 6),
+        "p_value": round(p_value, 6),
+        "draws": draws,
+        "above": p_value < CHANCE_ALPHA,
+    }
+
+
 def evaluate_predictions(
     y_true: np.ndarray, probs: np.ndarray, class_names: list[str]
 ) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -75,5 +109,6 @@ def evaluate_predictions(
         "num_test": found["num_test"],
         "per_class": found["per_class"],
         "never_predicted": found["never_predicted"],
+        "chance": chance(y_true, y_pred),
     }
     return metrics, cm, y_pred
