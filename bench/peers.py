@@ -183,7 +183,7 @@ def run_side(workdir: Path, side: str, args: argparse.Namespace) -> dict:
     result = json.loads(out.read_text())
     predictions = result.pop("test_predictions", None)
     if predictions is not None:  # the peers: scored as the evaluate stage scores ours
-        result["test_macro_f1"] = macro_f1_on_test(workdir, predictions)
+        result.update(scores_on_test(workdir, predictions))
     # The peers' processes go on to score their model on the test split; B ends before.
     end = ended if side == "ours" else result["search_end"]
     epochs = [(t - launched, trial, val) for t, trial, val in result.pop("epochs")]
@@ -200,18 +200,20 @@ def run_side(workdir: Path, side: str, args: argparse.Namespace) -> dict:
     return result
 
 
-def macro_f1_on_test(workdir: Path, predictions: list[int]) -> float:
-    """Macro F1 of a side's test-split predictions, by the evaluate stage's own function."""
+def scores_on_test(workdir: Path, predictions: list[int]) -> dict:
+    """Macro F1 and Cohen's kappa (how far above guessing) of a side's test-split
+    predictions, by the evaluate stage's own functions."""
     import numpy as np
 
     from pipeline import paths
     from pipeline.data.splits import load_meta, load_split
-    from pipeline.reports.metrics import classification_metrics
+    from pipeline.reports.metrics import chance, classification_metrics
 
     folder = workdir / paths.PROCESSED
     names = load_meta(folder)["class_names"]
-    found = classification_metrics(load_split("test", folder).y, np.asarray(predictions), names)
-    return found["macro_f1"]
+    y, predicted = load_split("test", folder).y, np.asarray(predictions)
+    found = classification_metrics(y, predicted, names)
+    return {"test_macro_f1": found["macro_f1"], "test_kappa": chance(y, predicted)["kappa"]}
 
 
 # -- in a side's own process ------------------------------------------------------------------
@@ -344,6 +346,7 @@ def ours_read_worker(workdir: Path) -> dict:
         "search_val_accuracy": float(best["val_accuracy"]),
         "test_accuracy": float(metrics["accuracy"]),
         "test_macro_f1": float(metrics["macro_f1"]),
+        "test_kappa": (metrics.get("chance") or {}).get("kappa"),
         "final_epochs": int(info["epochs_run"]),
         "final_trained": True,
         "fit_on_val": bool(info.get("fit_on_val")),

@@ -436,10 +436,12 @@ def report(results: dict) -> None:
     print(f"  budget    B = {s['budget_minutes']:g} min each side (search + final training)")
     print(f"  machine   {results['machine']}")
     print("  scores    on the test split, after B; wall_s: launch to the end of training")
+    print("            kappa: Cohen's, 0 for guessing (always the largest class included)")
     print("            dev: ours' accuracy / macro F1 on the gate split (images), which no")
     print("            stage trains or selects on: the score to choose defaults by")
     print()
-    head = f"{'test_acc':>9}{'macro_f1':>9}{'wall_s':>8}{'rss_MB':>8}  images (train/val/test)"
+    head = f"{'test_acc':>9}{'macro_f1':>9}{'kappa':>7}{'wall_s':>8}{'rss_MB':>8}"
+    head += "  images (train/val/test)"
     print(f"  {'dataset':<19}{'side':<13}{head}")
     for e in results["datasets"]:
         for r in e["runs"]:
@@ -451,7 +453,8 @@ def report(results: dict) -> None:
                 dev = f"  dev {r['dev_accuracy']:.4f} / {r['dev_macro_f1']:.4f} ({r['dev_images']})"
             print(
                 f"  {e['name']:<19}{r['side']:<13}{peers.number(r['test_accuracy'], 9, 4)}"
-                f"{peers.number(r.get('test_macro_f1'), 9, 4)}{r['wall_s']:>8.0f}"
+                f"{peers.number(r.get('test_macro_f1'), 9, 4)}"
+                f"{peers.number(r.get('test_kappa'), 7, 2)}{r['wall_s']:>8.0f}"
                 f"{peers.number(r.get('peak_rss_mb'), 8, 0)}  {'/'.join(map(str, r['images']))}"
                 f"{dev}"
             )

@@ -193,7 +193,8 @@ def fake_results(budget_minutes: float = 5.0) -> dict:
     built["classes"] = {"face": 100, "non_face": 100}
     datasets = [
         {"name": "lfw", "about": "faces", "status": "built", "build": built, "runs": [
-            ran("ours", 0.90, 0.80), ran("keras_tuner", 0.85, 0.85), ran("autokeras", 0.85, 0.70),
+            {**ran("ours", 0.90, 0.80), "test_kappa": 0.8}, ran("keras_tuner", 0.85, 0.85),
+            ran("autokeras", 0.85, 0.70),
         ]},
         {"name": "digits", "about": "8x8", "status": "built", "build": {}, "runs": [
             ran("ours", 0.95, 0.94), ran("keras_tuner", 0.97, 0.97),
@@ -227,14 +228,14 @@ def test_the_table_one_row_per_dataset_and_side(capsys):
     suite.report(results)
     lines = capsys.readouterr().out.splitlines()
     rows = [line.split() for line in lines]
-    assert ["lfw", "ours", "0.9000", "0.8000", "301", "2048", "160/20/20"] + [
+    assert ["lfw", "ours", "0.9000", "0.8000", "0.80", "301", "2048", "160/20/20"] + [
         "dev",
         "0.8750",
         "/",
         "0.8000",
         "(16)",
     ] in rows
-    assert ["lfw", "keras_tuner", "0.8500", "0.8500", "301", "2048", "160/20/20"] in rows
+    assert ["lfw", "keras_tuner", "0.8500", "0.8500", "-", "301", "2048", "160/20/20"] in rows
     assert ["lfw", "200", "2", "1.0:1", "1.0", "2.5"] in rows
     assert ["digits", "autokeras", "failed:", "RuntimeError:", "boom"] in rows
     assert any(r[:4] == ["letters", "ours", "not", "run:"] for r in rows)
@@ -285,7 +286,7 @@ def test_defaults_and_the_peers_arguments_of_a_folder(tmp_path):
 
 
 # -- what the suite added to bench/peers.py ---------------------------------------------------
-def test_macro_f1_of_a_peer_by_the_evaluate_stage_function(tmp_path):
+def test_macro_f1_and_kappa_of_a_peer_by_the_evaluate_stage_functions(tmp_path):
     folder = tmp_path / "data" / "processed"
     folder.mkdir(parents=True)
     with store.RowWriter(folder / store.x_file("test"), (2, 2, 1)) as rows:
@@ -294,8 +295,11 @@ def test_macro_f1_of_a_peer_by_the_evaluate_stage_function(tmp_path):
     meta = {"format": store.FORMAT, "class_names": ["a", "b"]}
     (folder / "meta.json").write_text(json.dumps(meta))
     # class a: precision 1/2, recall 1/2; class b: the same -> macro F1 0.5
-    assert peers.macro_f1_on_test(tmp_path, [0, 1, 0, 1]) == pytest.approx(0.5)
-    assert peers.macro_f1_on_test(tmp_path, [0, 0, 0, 0]) == pytest.approx((2 / 3) / 2)
+    half = peers.scores_on_test(tmp_path, [0, 1, 0, 1])
+    assert half["test_macro_f1"] == pytest.approx(0.5) and half["test_kappa"] == 0.0
+    one_class = peers.scores_on_test(tmp_path, [0, 0, 0, 0])  # guessing the one class
+    assert one_class == {"test_macro_f1": pytest.approx((2 / 3) / 2), "test_kappa": 0.0}
+    assert peers.scores_on_test(tmp_path, [0, 0, 1, 1])["test_kappa"] == 1.0
 
 
 def test_peak_rss_of_a_side_process(tmp_path):
@@ -349,9 +353,9 @@ def test_merge_runs_into_one_table_later_sides_replacing_earlier(tmp_path, capsy
     b.write_text(json.dumps(second))
     assert suite.main(["--merge", str(a), str(b), "--json", str(out)]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
-    assert ["digits", "ours", "0.9800", "0.9800", "301", "2048", "160/20/20"] in rows
-    assert ["digits", "autokeras", "0.9900", "0.9900", "301", "2048", "160/20/20"] in rows
-    assert ["lfw", "ours", "0.9000", "0.8000", "301", "2048", "160/20/20"] in rows
+    assert ["digits", "ours", "0.9800", "0.9800", "-", "301", "2048", "160/20/20"] in rows
+    assert ["digits", "autokeras", "0.9900", "0.9900", "-", "301", "2048", "160/20/20"] in rows
+    assert ["lfw", "ours", "0.9000", "0.8000", "0.80", "301", "2048", "160/20/20"] in rows
     merged = json.loads(out.read_text())
     names = [d["name"] for d in merged["datasets"]]
     assert names == [n for n in data.DATASETS if n in {"lfw", "digits", "letters", "photos_small"}]
