@@ -293,7 +293,7 @@ class BudgetParams(_Section):
         "training gets the rest and what the search did not use",
     )
     min_final_epochs: int = Field(
-        12,
+        6,
         ge=1,
         description="time mode: the search skips a configuration whose final training could "
         "not fit this many epochs in the final training's share (its epoch time estimated "
