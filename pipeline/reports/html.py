@@ -5,6 +5,7 @@ import html
 import json
 from pathlib import Path
 
+from pipeline.reports.metrics import chance_evidence
 from pipeline.reports.sources import model_name
 
 _CSS = """
@@ -123,11 +124,7 @@ def _metrics_section(metrics: dict) -> str:
     )
     found = metrics.get("chance")  # absent from an older metrics.json
     if found and not found["above"]:
-        warning += (
-            f"<p><b>No better than chance:</b> accuracy {_fmt(metrics['accuracy'])} against "
-            f"{_fmt(found['accuracy'])} for guesses at the model's own class rates (Cohen's "
-            f"kappa {found['kappa']:.2f}, permutation p = {found['p_value']:.2f}).</p>"
-        )
+        warning += f"<p><b>No better than chance:</b> {_e(chance_evidence(metrics))}.</p>"
     return f"<div class='cards'>{cards}</div>{warning}<h3>Per class</h3>{table}"
 
 

@@ -74,10 +74,10 @@ def chance(y_true: np.ndarray, y_pred: np.ndarray, draws: int = CHANCE_DRAWS) ->
     if n == 0:
         return {"accuracy": 0.0, "kappa": 0.0, "p_value": 1.0, "draws": 0, "above": False}
     correct = int(np.sum(y_true == y_pred))
-    classes = np.union1d(y_true, y_pred)
-    share_true = np.array([np.mean(y_true == c) for c in classes])
-    share_pred = np.array([np.mean(y_pred == c) for c in classes])
-    expected = float(np.sum(share_true * share_pred))
+    _, inverse = np.unique(np.concatenate([y_true, y_pred]), return_inverse=True)
+    counts_true = np.bincount(inverse[:n], minlength=inverse.max() + 1)
+    counts_pred = np.bincount(inverse[n:], minlength=inverse.max() + 1)
+    expected = float(np.sum(counts_true * counts_pred)) / n**2
     kappa = (correct / n - expected) / (1 - expected) if expected < 1 else 0.0
     rng = np.random.default_rng(0)
     as_good = sum(int(np.sum(y_true == rng.permutation(y_pred)) >= correct) for _ in range(draws))
@@ -89,6 +89,16 @@ def chance(y_true: np.ndarray, y_pred: np.ndarray, draws: int = CHANCE_DRAWS) ->
         "draws": draws,
         "above": p_value < CHANCE_ALPHA,
     }
+
+
+def chance_evidence(metrics: dict) -> str:
+    """``metrics``' accuracy beside ``chance``'s figures, as the console and the report say it."""
+    found = metrics["chance"]
+    return (
+        f"accuracy {metrics['accuracy']:.4f} against {found['accuracy']:.4f} for guesses at "
+        f"the model's own class rates (Cohen's kappa {found['kappa']:.2f}, permutation p = "
+        f"{found['p_value']:.2f})"
+    )
 
 
 def evaluate_predictions(
