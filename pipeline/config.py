@@ -336,7 +336,8 @@ class RegisterParams(_Section):
         lt=1,
         description=(
             "McNemar's test on the gate split (class-weighted when the gate compares "
-            "balanced accuracies) must give p below this; null: off"
+            "balanced accuracies) must give p below this, and a first model's test against "
+            "chance (its gate predictions shuffled); null: both off"
         ),
     )
 

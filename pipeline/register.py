@@ -6,8 +6,9 @@ selected on it, and unlike val it did not pick the candidate's best epoch. No st
 from another data version is trusted. The candidate becomes ``@champion`` only if it is
 better by at least ``register.min_delta`` and McNemar's test on the paired predictions gives
 p below ``register.significance`` (null: no test); otherwise it becomes ``@challenger``. The
-first model is champion. The decision goes to ``reports/registry.json``. Missing or NaN
-metrics register nothing.
+first model is champion if it beats chance on the gate split (a permutation test at the same
+significance), ``@challenger`` otherwise. The decision goes to ``reports/registry.json``.
+Missing or NaN metrics register nothing.
 """
 
 import math
@@ -26,7 +27,7 @@ from pipeline.data.splits import load_meta, load_split
 from pipeline.errors import DataError, PipelineError
 from pipeline.fileio import read_json, sha256_of
 from pipeline.registry import models
-from pipeline.registry.gate import Decision, decide, score
+from pipeline.registry.gate import Decision, decide, first_model, score
 from pipeline.registry.names import CHALLENGER, CHAMPION, SHA_TAG, model_name
 
 GATE_SPLIT = "gate"
@@ -64,6 +65,7 @@ class Candidate:
     info: dict  # model_info.json ({} when missing)
     class_names: list[str]
     x_gate: object  # the gate split (its images stream from disk)
+    predicted: np.ndarray  # per gate image: the candidate's class
     correct: np.ndarray  # per gate image: whether the candidate is right
     gate_weights: np.ndarray | None  # per gate image: 1 / count(class) for skewed classes
     gate_accuracy: float  # balanced accuracy when gate_weights is not None
@@ -152,7 +154,8 @@ def check_candidate() -> Candidate:
         raise DataError(
             f"{paths.MODEL}: {probs.shape[1]} outputs for {len(class_names)} classes; rerun train"
         )
-    correct = probs.argmax(axis=1) == x_gate.y
+    predicted = probs.argmax(axis=1)
+    correct = predicted == x_gate.y
     weights = None
     balance = info.get("class_balance") or {}
     if balance.get("class_weights"):  # train chose by balanced accuracy: so does the gate
@@ -163,6 +166,7 @@ def check_candidate() -> Candidate:
         info=info,
         class_names=class_names,
         x_gate=x_gate,
+        predicted=predicted,
         correct=correct,
         gate_weights=weights,
         gate_accuracy=score(correct, weights),
@@ -225,11 +229,12 @@ def judge(
         if champ_correct is None:
             return Decision(False, why_not), before
         before["gate_accuracy"] = score(champ_correct, cand.gate_weights)
-    label = f"{CHAMPION} v{champion_version}" if champion_version is not None else CHAMPION
+    split = f"the {GATE_SPLIT} split ({len(y_gate)} images)"
+    if champion_version is None:
+        return first_model(y_gate, cand.predicted, significance, split), before
     decision = decide(
-        cand.correct, champ_correct, min_delta, significance, label,
-        f"the {GATE_SPLIT} split ({len(y_gate)} images)",
-        weights=cand.gate_weights,
+        cand.correct, champ_correct, min_delta, significance,
+        f"{CHAMPION} v{champion_version}", split, weights=cand.gate_weights,
     )  # fmt: skip
     return decision, before
 

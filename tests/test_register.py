@@ -8,7 +8,7 @@ import pytest
 from pipeline import register
 from pipeline.errors import DataError
 from pipeline.model_input import pixel_inputs
-from pipeline.registry.gate import decide
+from pipeline.registry.gate import decide, first_model
 from pipeline.registry.mcnemar import mcnemar, weighted_mcnemar
 from tests import conftest
 
@@ -37,12 +37,16 @@ def make_split(n: int = 60, seed: int = 0, y=None):
 def build_model(kind: str):
     """A Rescaling+Flatten+Dense softmax classifier (0-255 pixels in) with hand-set weights.
 
-    good: ~100% accuracy; medium: class 2 predicted as 1 (~67%); bad: every class wrong.
+    good: ~100% accuracy; medium: class 2 predicted as 1 (~67%); bad: every class wrong;
+    constant: always the first class, whatever the image (what a model at chance does).
     """
     import keras
 
     w = templates() * 10.0
-    if kind == "medium":
+    bias = np.zeros(3, np.float32)
+    if kind == "constant":
+        w, bias = np.zeros_like(w), np.array([1.0, 0.0, 0.0], np.float32)
+    elif kind == "medium":
         w[:, 2] = w[:, 1]
         w[:, 2] -= 0.1
     elif kind == "bad":
@@ -52,7 +56,7 @@ def build_model(kind: str):
     inputs, x = pixel_inputs(SHAPE)  # 0-255 pixels in, as every pipeline model
     outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(x))
     model = keras.Model(inputs, outputs)
-    model.layers[-1].set_weights([w, np.zeros(3, np.float32)])
+    model.layers[-1].set_weights([w, bias])
     return model
 
 
@@ -123,7 +127,8 @@ def test_first_becomes_champion_then_worse_is_challenger_then_better_takes_over(
     assert register.main([]) == 0
     rec = report(root)
     assert rec["decision"] == "champion" and rec["champion_before"] is None
-    assert rec["candidate"]["version"] == "1" and rec["reason"] == "first model: no champion yet"
+    assert rec["candidate"]["version"] == "1"
+    assert rec["reason"].startswith("first model: no champion yet; better than chance (")
     assert rec["gate_split"] == "gate" and rec["num_gate"] == 60 and rec["mcnemar"] is None
     _, versions, aliases = registry_state(root)
     assert versions == [1] and aliases == {"champion": "1"}
@@ -168,6 +173,32 @@ def test_first_becomes_champion_then_worse_is_challenger_then_better_takes_over(
     rec = report(root)
     assert rec["decision"] == "champion" and rec["candidate"]["new_version"] is False
     assert registry_state(root)[1:] == ([1, 2, 3], {"champion": "3", "challenger": "2"})
+
+
+@pytest.mark.integration
+def test_first_model_at_chance_is_not_champion_unless_the_test_is_off(reg_project, capsys):
+    root = reg_project.path
+    write_candidate(root, "constant")  # names the first class for every image: 1/3 right
+    assert register.main([]) == 0
+    rec = report(root)
+    assert rec["decision"] == "challenger" and rec["champion_after"] == {"version": None}
+    assert "first model no better than chance (accuracy 0.3333" in rec["reason"]
+    assert "Cohen's kappa 0.00" in rec["reason"] and "register.significance: null" in rec["reason"]
+    assert "-> @challenger; not promoted: first model no better than chance" in (
+        capsys.readouterr().err
+    )
+    assert registry_state(root)[1:] == ([1], {"challenger": "1"})
+
+    # The user's way out, as the message says: the test off promotes the same version.
+    reg_project.params(
+        data={"dataset": "digits"},
+        register={"min_delta": 0.0, "significance": None},
+        mlflow={"tracking_uri": "sqlite:///mlflow.db"},
+    )
+    assert register.main([]) == 0
+    rec = report(root)
+    assert rec["decision"] == "champion" and "chance test off" in rec["reason"]
+    assert registry_state(root)[1:] == ([1], {"champion": "1"})
 
 
 @pytest.mark.integration
@@ -292,6 +323,22 @@ def test_gate_rules():
     clear = decide(np.ones(8, bool), np.zeros(8, bool), 0.0, 0.05)
     assert clear.promote and clear.mcnemar.p_value == pytest.approx(2 / 2**8)
     assert not decide(worse, good, 0.0, 0.05).promote  # worse stays worse, whatever p says
+
+
+def test_first_model_must_beat_chance():
+    y = np.arange(60) % 3
+    right = y.copy()
+    right[:6] = (right[:6] + 1) % 3  # 54 of 60 right
+    assert first_model(y, right, 0.05, "the gate split").promote
+    for guess in (np.zeros(60, int), np.random.default_rng(0).permutation(y)):
+        refused = first_model(y, guess, 0.05, "the gate split (60 images)")
+        assert not refused.promote and "no better than chance" in refused.reason
+    assert first_model(y, np.zeros(60, int), None, "the gate split").promote  # test off
+    # Four images: even all right is p = 1/6 (one of six ways to place two labels of each class).
+    tiny = first_model(np.array([0, 0, 1, 1]), np.zeros(4, int), 0.05, "the gate split (4 images)")
+    assert tiny.promote and "too small to test it against chance (all right would give p=0.17" in (
+        tiny.reason
+    )
 
 
 def test_mcnemar_exact_and_chi2():

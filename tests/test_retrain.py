@@ -76,11 +76,11 @@ def test_retrain_pulls_reproduces_gates_and_pushes(repo, tmp_path):
     record = json.loads((repo / "reports/registry.json").read_text())
     assert record["decision"] == "champion"
     gate = [line for line in first.stdout.splitlines() if line.startswith("gate: ")]
-    assert gate == [
+    assert len(gate) == 1 and gate[0].startswith(
         f"gate: promoted: digits-classifier v1 -> @champion; candidate "
         f"{record['candidate']['gate_accuracy']:.4f}, champion before none: first model: no "
-        "champion yet"
-    ]
+        "champion yet; better than chance (accuracy "
+    )
     pushed = remote_files(remote)
     assert len(pushed) > 10, "dvc push sent nothing to the remote"
     summary = (repo / "reports/retrain_summary.md").read_text()

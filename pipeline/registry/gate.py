@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.registry.mcnemar import McNemar, mcnemar, weighted_mcnemar
+from pipeline.reports.metrics import chance
 
 # Accuracies are k/n fractions: compare with a little slack for float round-off.
 _EPS = 1e-12
@@ -23,6 +24,40 @@ class Decision:
     promote: bool
     reason: str
     mcnemar: McNemar | None = None
+
+
+def first_model(
+    y_true: np.ndarray, y_pred: np.ndarray, significance: float | None, split: str
+) -> Decision:
+    """The gate for a first model (no champion to beat): it must beat guessing. Unless
+    ``significance`` is None, the permutation test of ``chance`` (predictions shuffled
+    against the labels) must give p below it, so a model that names the largest class, or
+    guesses, is not served as the champion. A split too small for any model to pass (a
+    handful of images) does not hold the first model back: it is promoted, and says so."""
+    if significance is None:
+        return Decision(True, "first model: no champion yet (chance test off)")
+    best = chance(y_true, y_true)["p_value"]  # what a model right on every image would get
+    if not best < significance:
+        return Decision(
+            True,
+            f"first model: no champion yet; {split} is too small to test it against chance "
+            f"(all right would give p={best:.2g} >= {significance}): promoted untested",
+        )
+    found = chance(y_true, y_pred)
+    accuracy = float(np.mean(np.asarray(y_true) == np.asarray(y_pred))) if len(y_true) else 0.0
+    figures = (
+        f"accuracy {accuracy:.4f} on {split} against {found['accuracy']:.4f} for guesses at "
+        f"its own class rates, Cohen's kappa {found['kappa']:.2f}, permutation p="
+        f"{found['p_value']:.2g}"
+    )
+    if found["p_value"] < significance:
+        return Decision(True, f"first model: no champion yet; better than chance ({figures})")
+    return Decision(
+        False,
+        f"first model no better than chance ({figures} >= {significance}): nothing is "
+        "champion yet; give it a longer budget, more images per class or a larger image "
+        "size, or set register.significance: null to promote it anyway",
+    )
 
 
 def decide(
