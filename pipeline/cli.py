@@ -35,7 +35,8 @@ STAGES = {
         ("data.dataset", "evaluate", "mlflow"),
     ),
     "register": (
-        "register the model in MLflow; it becomes @champion only if it beats the current one",
+        "register the model in MLflow; it becomes @champion only if it beats the current one "
+        "(the first one: only if it beats chance)",
         ("data.dataset", "register", "mlflow"),
     ),
     "predict": (

@@ -182,9 +182,9 @@ def test_first_model_at_chance_is_not_champion_unless_the_test_is_off(reg_projec
     assert register.main([]) == 0
     rec = report(root)
     assert rec["decision"] == "challenger" and rec["champion_after"] == {"version": None}
-    assert "first model no better than chance (accuracy 0.3333" in rec["reason"]
+    assert "first model: no better than chance (plain accuracy 0.3333" in rec["reason"]
     assert "Cohen's kappa 0.00" in rec["reason"] and "register.significance: null" in rec["reason"]
-    assert "-> @challenger; not promoted: first model no better than chance" in (
+    assert "-> @challenger; not promoted: first model: no better than chance" in (
         capsys.readouterr().err
     )
     assert registry_state(root)[1:] == ([1], {"challenger": "1"})
@@ -336,9 +336,15 @@ def test_first_model_must_beat_chance():
     assert first_model(y, np.zeros(60, int), None, "the gate split").promote  # test off
     # Four images: even all right is p = 1/6 (one of six ways to place two labels of each class).
     tiny = first_model(np.array([0, 0, 1, 1]), np.zeros(4, int), 0.05, "the gate split (4 images)")
-    assert tiny.promote and "too small to test it against chance (all right would give p=0.17" in (
-        tiny.reason
+    assert (
+        tiny.promote
+        and "untested against chance: the gate split (4 images) is too small "
+        "(all right would give p=0.17 >= 0.05)"
+        in tiny.reason
     )
+    # A significance no 2000 shuffles can reach says so, whatever the split's size.
+    floor = first_model(y, np.zeros(60, int), 1e-4, "the gate split")
+    assert floor.promote and "at or below the smallest p that 2000 shuffles" in floor.reason
 
 
 def test_mcnemar_exact_and_chi2():

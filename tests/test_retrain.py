@@ -79,7 +79,7 @@ def test_retrain_pulls_reproduces_gates_and_pushes(repo, tmp_path):
     assert len(gate) == 1 and gate[0].startswith(
         f"gate: promoted: digits-classifier v1 -> @champion; candidate "
         f"{record['candidate']['gate_accuracy']:.4f}, champion before none: first model: no "
-        "champion yet; better than chance (accuracy "
+        "champion yet; better than chance (plain accuracy "
     )
     pushed = remote_files(remote)
     assert len(pushed) > 10, "dvc push sent nothing to the remote"

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.registry.mcnemar import McNemar, mcnemar, weighted_mcnemar
-from pipeline.reports.metrics import chance
+from pipeline.reports.metrics import CHANCE_DRAWS, chance
 
 # Accuracies are k/n fractions: compare with a little slack for float round-off.
 _EPS = 1e-12
@@ -36,25 +36,35 @@ def first_model(
     handful of images) does not hold the first model back: it is promoted, and says so."""
     if significance is None:
         return Decision(True, "first model: no champion yet (chance test off)")
+    untested = "first model: no champion yet; promoted untested against chance: "
+    floor = 1 / (1 + CHANCE_DRAWS)  # the permutation test's smallest p
+    if not floor < significance:
+        return Decision(
+            True,
+            f"{untested}register.significance {significance} is at or below the smallest p "
+            f"that {CHANCE_DRAWS} shuffles can give ({floor:.2g})",
+        )
     best = chance(y_true, y_true)["p_value"]  # what a model right on every image would get
     if not best < significance:
         return Decision(
             True,
-            f"first model: no champion yet; {split} is too small to test it against chance "
-            f"(all right would give p={best:.2g} >= {significance}): promoted untested",
+            f"{untested}{split} is too small (all right would give p={best:.2g} >= {significance})",
         )
     found = chance(y_true, y_pred)
-    accuracy = float(np.mean(np.asarray(y_true) == np.asarray(y_pred))) if len(y_true) else 0.0
+    accuracy = float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))
     figures = (
-        f"accuracy {accuracy:.4f} on {split} against {found['accuracy']:.4f} for guesses at "
-        f"its own class rates, Cohen's kappa {found['kappa']:.2f}, permutation p="
+        f"plain accuracy {accuracy:.4f} on {split} against {found['accuracy']:.4f} for guesses "
+        f"at its own class rates, Cohen's kappa {found['kappa']:.2f}, permutation p="
         f"{found['p_value']:.2g}"
     )
     if found["p_value"] < significance:
-        return Decision(True, f"first model: no champion yet; better than chance ({figures})")
+        return Decision(
+            True,
+            f"first model: no champion yet; better than chance ({figures} < {significance})",
+        )
     return Decision(
         False,
-        f"first model no better than chance ({figures} >= {significance}): nothing is "
+        f"first model: no better than chance ({figures} >= {significance}): nothing is "
         "champion yet; give it a longer budget, more images per class or a larger image "
         "size, or set register.significance: null to promote it anyway",
     )
