@@ -24,7 +24,7 @@ from pipeline.errors import DataError
 from pipeline.fileio import read_json
 from pipeline.registry import models
 from pipeline.reports import html, plots, sources
-from pipeline.reports.metrics import chance_evidence, evaluate_predictions
+from pipeline.reports.metrics import CHANCE_ADVICE, chance_evidence, evaluate_predictions
 
 ARTIFACT_DIR = "evaluation"
 PREDICT_BATCH = 256
@@ -234,9 +234,7 @@ def chance_warning(metrics: dict) -> str:
     """One line for a model whose test accuracy is no better than guessing."""
     return (
         f"the model is no better than chance on the test split: {chance_evidence(metrics)}; "
-        "it has learned nothing usable yet: give it more time (budget.minutes), more images "
-        "per class, or pretrained backbones (tune.search_space: search_spaces/photos.yaml "
-        "with pretrained)"
+        f"it has learned nothing usable yet: {CHANCE_ADVICE}"
     )
 
 

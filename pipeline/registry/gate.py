@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.registry.mcnemar import McNemar, mcnemar, weighted_mcnemar
-from pipeline.reports.metrics import CHANCE_DRAWS, chance
+from pipeline.reports.metrics import CHANCE_ADVICE, CHANCE_DRAWS, chance
 
 # Accuracies are k/n fractions: compare with a little slack for float round-off.
 _EPS = 1e-12
@@ -65,8 +65,8 @@ def first_model(
     return Decision(
         False,
         f"first model: no better than chance ({figures} >= {significance}): nothing is "
-        "champion yet; give it a longer budget, more images per class or a larger image "
-        "size, or set register.significance: null to promote it anyway",
+        f"champion yet; {CHANCE_ADVICE}; or set register.significance: null to promote it "
+        "anyway",
     )
 
 

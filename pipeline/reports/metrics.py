@@ -10,6 +10,11 @@ EPSILON = 1e-7
 # p-value at or above which a model counts as no better than chance.
 CHANCE_DRAWS = 2000
 CHANCE_ALPHA = 0.05
+# What to change when a model is no better than chance (evaluate's warning, register's gate).
+CHANCE_ADVICE = (
+    "give it more time (budget.minutes), more images per class, or pretrained backbones "
+    "(tune.search_space: search_spaces/photos.yaml with pretrained)"
+)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
