@@ -66,13 +66,17 @@ class Candidate:
     class_names: list[str]
     x_gate: object  # the gate split (its images stream from disk)
     predicted: np.ndarray  # per gate image: the candidate's class
-    correct: np.ndarray  # per gate image: whether the candidate is right
     gate_weights: np.ndarray | None  # per gate image: 1 / count(class) for skewed classes
     gate_accuracy: float  # balanced accuracy when gate_weights is not None
     test_accuracy: float
     model_sha: str
     data_sha: str
     meta_file: Path
+
+    @property
+    def correct(self) -> np.ndarray:
+        """Per gate image: whether the candidate is right."""
+        return self.predicted == self.x_gate.y
 
 
 def main(argv=None) -> int:
@@ -167,7 +171,6 @@ def check_candidate() -> Candidate:
         class_names=class_names,
         x_gate=x_gate,
         predicted=predicted,
-        correct=correct,
         gate_weights=weights,
         gate_accuracy=score(correct, weights),
         test_accuracy=float(metrics["accuracy"]),
