@@ -292,7 +292,9 @@ def load_results(paths: list[Path], option: str) -> list[tuple[Path, dict]]:
 def compare(path_a: Path, path_b: Path) -> dict:
     """Ours in run A against ours in run B (two arms of a default, each a suite ``--json``,
     e.g. from ``--sides ours --set ...``), per dataset both ran: the development score (the
-    gate split) decides, val and test are shown for the record."""
+    gate split) decides; the search's val score and test are shown for the record (the
+    search's, not the final model's: with ``train.fit_on_val`` the final model trained on
+    val, so its val score is near 1 and says nothing)."""
     (_, a), (_, b) = load_results([path_a, path_b], "--compare")
     ours = {}
     for arm, results in (("a", a), ("b", b)):
@@ -310,7 +312,7 @@ def compare(path_a: Path, path_b: Path) -> dict:
                 f"in A and {arms['b']['dev_images']} in B: compare arms on the same splits"
             )
         row = {"dataset": name, "dev_images": arms["a"]["dev_images"]}
-        for key in ("dev_accuracy", "dev_macro_f1", "best_val_accuracy", "test_accuracy"):
+        for key in ("dev_accuracy", "dev_macro_f1", "search_val_accuracy", "test_accuracy"):
             row[key] = [arms["a"].get(key), arms["b"].get(key)]
         rows.append(row)
     if not rows:
@@ -341,13 +343,14 @@ def report_compare(found: dict) -> None:
         changes = " ".join(f"--set {c}" for c in found[arm]["changes"]) or "shipped params"
         print(f"  {arm.upper()}  {found[arm]['file']}: {changes}")
     print(f"  budget B = {found['budget_minutes']:g} min")
+    print("  search val: the best trial's val accuracy (val is held out from every trial)")
     print()
-    head = "   dev_acc A / B     dev_f1 A / B       val A / B         test A / B"
+    head = "   dev_acc A / B     dev_f1 A / B  search val A / B        test A / B"
     print(f"  {'dataset':<19}{'dev':>5}  {head}")
     for r in found["rows"]:
         cells = "".join(
             f"{peers.number(r[k][0], 7, 4)} /{peers.number(r[k][1], 7, 4)}   "
-            for k in ("dev_accuracy", "dev_macro_f1", "best_val_accuracy", "test_accuracy")
+            for k in ("dev_accuracy", "dev_macro_f1", "search_val_accuracy", "test_accuracy")
         )
         print(f"  {r['dataset']:<19}{r['dev_images']:>5}  {cells.rstrip()}")
     print()

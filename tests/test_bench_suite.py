@@ -403,7 +403,8 @@ def arm(changes: list[str], dev: dict[str, tuple[float, float]]) -> dict:
     results["settings"]["changes"] = changes
     results["datasets"] = [
         {"name": name, "about": "", "status": "built", "build": {}, "runs": [
-            {**ran("ours", 0.9, 0.9), "best_val_accuracy": 0.95, "dev_accuracy": acc,
+            {**ran("ours", 0.9, 0.9), "search_val_accuracy": 0.95, "dev_accuracy": acc,
+             "best_val_accuracy": 0.999,  # the final model's, trained on val: not shown
              "dev_macro_f1": f1, "dev_balanced_accuracy": f1, "dev_images": 40}]}
         for name, (acc, f1) in dev.items()
     ]  # fmt: skip
@@ -420,9 +421,9 @@ def test_compare_two_arms_on_the_dev_score(tmp_path, capsys):
     assert "B  " + str(b) + ": --set train.fit_on_val=false" in text
     assert "A  " + str(a) + ": shipped params" in text
     rows = [line.split() for line in text.splitlines()]
-    assert ["digits", "40", "0.9000", "/", "0.9500", "0.8000", "/", "0.9000"] == rows[
-        next(i for i, r in enumerate(rows) if r[:1] == ["digits"])
-    ][:8]
+    digits = rows[next(i for i, r in enumerate(rows) if r[:1] == ["digits"])]
+    assert ["digits", "40", "0.9000", "/", "0.9500", "0.8000", "/", "0.9000"] == digits[:8]
+    assert digits[8:11] == ["0.9500", "/", "0.9500"] and "0.9990" not in text
     found = json.loads(out.read_text())
     assert [r["dataset"] for r in found["rows"]] == ["digits", "lfw"]  # letters: B only
     assert found["mean_dev_macro_f1_b_minus_a"] == pytest.approx(0.05)

@@ -246,6 +246,8 @@ def test_tiny_gain_on_the_gate_split_keeps_champion_unless_mcnemar_is_off(reg_pr
         "not a significant gain: candidate 1.0000 vs champion v1 0.9900 on the gate split "
         "(300 images), +0.0100 is not significant (McNemar p=0.25 >= 0.05"
     )
+    # The champion missed 3 images: no candidate could show a significant gain here.
+    assert "no candidate can pass on this split: right on all 3 images" in rec["reason"]
     err = capsys.readouterr().err
     assert "-> @challenger; not promoted: not a significant gain" in err
     assert registry_state(root)[2] == {"champion": "1", "challenger": "2"}
@@ -323,6 +325,29 @@ def test_gate_rules():
     clear = decide(np.ones(8, bool), np.zeros(8, bool), 0.0, 0.05)
     assert clear.promote and clear.mcnemar.p_value == pytest.approx(2 / 2**8)
     assert not decide(worse, good, 0.0, 0.05).promote  # worse stays worse, whatever p says
+
+
+def test_a_refusal_says_when_no_candidate_could_pass_on_the_split():
+    # The champion missed 2 of 4 gate images: even a candidate right on both gets p = 0.5,
+    # so the refusal says no candidate can pass here and what to change.
+    champ = np.array([1, 1, 0, 0], bool)
+    cand = np.array([1, 1, 1, 0], bool)
+    tiny = decide(cand, champ, 0.0, 0.05)
+    assert not tiny.promote
+    assert tiny.reason.endswith(
+        "; no candidate can pass on this split: right on all 2 images the champion got wrong "
+        "would give p=0.5 at best; hold out more images for the gate (data.gate_fraction) or "
+        "set register.significance: null"
+    )
+    # 20 of 100 missed: a candidate right on them would pass, so a refusal is about this one.
+    champ = np.arange(100) >= 20
+    cand = champ | (np.arange(100) < 3)
+    near = decide(cand, champ, 0.0, 0.05)
+    assert not near.promote and "no candidate can pass" not in near.reason
+    # The class-weighted gate asks the same of the weighted test.
+    weights = np.full(4, 0.25)
+    weighted = decide(np.ones(4, bool), np.array([1, 1, 0, 0], bool), 0.0, 0.05, weights=weights)
+    assert not weighted.promote and "no candidate can pass on this split" in weighted.reason
 
 
 def test_first_model_must_beat_chance():

@@ -113,7 +113,7 @@ def decide(
         return Decision(
             False,
             f"not a significant gain: {scores}, {delta:+.4f} is not significant "
-            f"({p_value} >= {significance}; {detail})",
+            f"({p_value} >= {significance}; {detail}){_out_of_reach(champ, significance, weights)}",
             test,
         )
     return Decision(
@@ -121,4 +121,25 @@ def decide(
         f"better than {champion_label}: {scores}, {delta:+.4f} is significant "
         f"({p_value} < {significance}; {detail})",
         test,
+    )
+
+
+def _out_of_reach(
+    champion_correct: np.ndarray, significance: float, weights: np.ndarray | None
+) -> str:
+    """What to add to a refusal when no candidate could pass on this split: even one right on
+    every image the champion got wrong (and wrong on none it got right) is not significant,
+    as on a gate split of a handful of images, or when the champion misses only a few."""
+    everything = np.ones_like(champion_correct, dtype=bool)
+    best = (
+        mcnemar(everything, champion_correct)
+        if weights is None
+        else weighted_mcnemar(everything, champion_correct, weights)
+    )
+    if best.p_value < significance:
+        return ""
+    return (
+        f"; no candidate can pass on this split: right on all {best.b} images the champion "
+        f"got wrong would give p={best.p_value:.2g} at best; hold out more images for the "
+        "gate (data.gate_fraction) or set register.significance: null"
     )
