@@ -47,7 +47,11 @@ class OneLineParser(argparse.ArgumentParser):
 def parse_args(argv=None) -> argparse.Namespace:
     parser = OneLineParser(prog="bench/suite.py", description=__doc__.splitlines()[0])
     add = parser.add_argument
-    add("--datasets", default=",".join(suite_data.DATASETS), help="comma-separated")
+    add(
+        "--datasets",
+        default=",".join(suite_data.SUITE),
+        help="comma-separated (default: the suite; photos_plain is a diagnostic, run if named)",
+    )
     add("--sides", default=",".join(peers.SIDES), help="comma-separated, run in this order")
     add("--budget-minutes", type=float, default=5.0, help="B, each side (%(default)s)")
     add("--seed", type=int, default=None, help="datasets and sides (default: tune.seed)")

@@ -10,6 +10,9 @@ from a seed, into an image folder that the project's ``image_folder`` dataset re
 - ``photos``, ``photos_imbalanced``, ``photos_small``: the four confusable Fashion-MNIST
   upper-body classes (t-shirt, pullover, coat, shirt) upscaled into camera-sized RGB JPEGs
   (640x480 to 1600x1200) on coloured, textured backgrounds at random places.
+- ``photos_plain`` (a diagnostic, not in the suite's default run): ``photos``' garments,
+  sizes, places and colours, each backdrop replaced by its own mean colour: what the
+  clutter costs a model that learns from these few photos.
 
 ``digits`` and ``fashion_mnist`` are the project's own datasets and are not built here.
 A folder holds ``suite.json`` (what was built, from which seed) beside its class folders;
@@ -61,6 +64,7 @@ class Dataset:
     about: str  # shape, classes, counts and source, as the README's table says them
     project: str | None = None
     build: Callable[[Path, int], dict] | None = None
+    in_suite: bool = True  # False: a diagnostic, run only when --datasets names it
 
 
 # -- letters (notMNIST-style) -----------------------------------------------------------------
@@ -253,13 +257,22 @@ def background(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(image).copy()
 
 
-def photo(garment: np.ndarray, rng: np.random.Generator) -> Image.Image:
+def plain_background(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """``background``'s backdrop (the same random draws) flattened to its mean colour."""
+    canvas = background(width, height, rng)
+    mean = canvas.reshape(-1, 3).mean(axis=0).round().astype(np.uint8)
+    return np.broadcast_to(mean, canvas.shape).copy()
+
+
+def photo(
+    garment: np.ndarray, rng: np.random.Generator, backdrop: Callable = background
+) -> Image.Image:
     """One 28x28 garment upscaled to a random camera size's 35-85 % and placed at random on a
-    background, in a random colour shaded by its own grey levels."""
+    ``backdrop``, in a random colour shaded by its own grey levels."""
     width, height = CAMERA_SIZES[rng.integers(len(CAMERA_SIZES))]
     if rng.random() < 0.25:  # some portrait shots
         width, height = height, width
-    canvas = background(width, height, rng)
+    canvas = backdrop(width, height, rng)
     side = int(rng.uniform(0.35, 0.85) * min(width, height))
     grey = Image.fromarray(garment).resize((side, side), Image.Resampling.BICUBIC)
     g = np.asarray(grey, dtype=np.float32)[..., None] / 255
@@ -273,7 +286,12 @@ def photo(garment: np.ndarray, rng: np.random.Generator) -> Image.Image:
 
 
 def write_photos(
-    dest: Path, images: np.ndarray, labels: np.ndarray, counts: dict[str, int], seed: int
+    dest: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    counts: dict[str, int],
+    seed: int,
+    backdrop: Callable = background,
 ) -> dict:
     """``counts[name]`` JPEG photos of garment class ``GARMENTS[name]`` under ``dest/<name>/``.
 
@@ -289,16 +307,18 @@ def write_photos(
         (dest / name).mkdir(parents=True, exist_ok=True)
         for i, index in enumerate(picked):
             rng = np.random.default_rng([seed, label, i])
-            image = photo(images[index], rng)
+            image = photo(images[index], rng, backdrop)
             key = f"{image.width}x{image.height}"
             sizes[key] = sizes.get(key, 0) + 1
             image.save(dest / name / f"{i:05d}.jpg", quality=int(rng.integers(80, 96)))
     return {"classes": dict(counts), "photo_sizes": dict(sorted(sizes.items()))}
 
 
-def build_photos(dest: Path, seed: int, counts: dict[str, int]) -> dict:
+def build_photos(
+    dest: Path, seed: int, counts: dict[str, int], backdrop: Callable = background
+) -> dict:
     images, labels = read_garments()
-    return write_photos(dest, images, labels, counts, seed)
+    return write_photos(dest, images, labels, counts, seed, backdrop)
 
 
 def garment_counts(*counts: int) -> dict[str, int]:
@@ -328,8 +348,12 @@ DATASETS = {
                 build=partial(build_photos, counts=garment_counts(75, 75, 75, 75))),
         Dataset("fashion_mnist", "Fashion-MNIST: 28x28 grey, 10 classes, 60000 + 10000",
                 project="fashion_mnist"),
+        Dataset("photos_plain", "photos' garments on their backdrops' mean colours (diagnostic)",
+                build=partial(build_photos, counts=garment_counts(500, 500, 500, 500),
+                              backdrop=plain_background), in_suite=False),
     )
 }  # fmt: skip
+SUITE = [name for name, dataset in DATASETS.items() if dataset.in_suite]  # the default run
 
 
 # -- the cache --------------------------------------------------------------------------------

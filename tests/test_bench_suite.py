@@ -124,6 +124,23 @@ def test_photos_camera_sized_rgb_jpegs_imbalanced_and_deterministic(tmp_path):
     assert folder_bytes(tmp_path / "d") != small
 
 
+def test_photos_plain_is_photos_without_the_clutter():
+    images, _ = garments(1)
+    for i in range(6):  # the four backdrop kinds come up in six photos from these seeds
+        cluttered = np.asarray(data.photo(images[2], np.random.default_rng([5, i])))
+        plain = np.asarray(
+            data.photo(images[2], np.random.default_rng([5, i]), data.plain_background)
+        )
+        assert plain.shape == cluttered.shape  # same camera size, orientation, garment ...
+        same = np.all(plain == cluttered, axis=-1)
+        assert same.mean() > 0.01  # ... at the same place: its opaque pixels agree
+        colours, counts = np.unique(plain.reshape(-1, 3), axis=0, return_counts=True)
+        assert counts.max() / same.size > 0.5  # one backdrop colour, most of the picture
+    assert not data.DATASETS["photos_plain"].in_suite
+    assert "photos_plain" in data.DATASETS and "photos_plain" not in data.SUITE
+    assert set(data.SUITE) == set(data.DATASETS) - {"photos_plain"}
+
+
 def test_suite_datasets_are_varied_and_named_in_the_readme():
     assert len(data.DATASETS) >= 7 and "fashion_mnist" in data.DATASETS
     assert {d.project for d in data.DATASETS.values() if d.project} == {"digits", "fashion_mnist"}
@@ -272,7 +289,7 @@ def test_argument_errors_are_one_line(argv, message, capsys):
 
 def test_defaults_and_the_peers_arguments_of_a_folder(tmp_path):
     args = suite.parse_args([])
-    assert args.budget_minutes == 5.0 and args.datasets == list(data.DATASETS)
+    assert args.budget_minutes == 5.0 and args.datasets == data.SUITE
     assert args.sides == list(peers.SIDES) and args.cache == data.CACHE
     args = suite.parse_args(["--sides", "ours", "--seed", "7", "--budget-minutes", "2"])
     folder = tmp_path / "lfw"
