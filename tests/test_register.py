@@ -336,8 +336,8 @@ def test_a_refusal_says_when_no_candidate_could_pass_on_the_split():
     assert not tiny.promote
     assert tiny.reason.endswith(
         "; no candidate can pass on this split: right on all 2 images the champion got wrong "
-        "would give p=0.5 at best; hold out more images for the gate (data.gate_fraction) or "
-        "set register.significance: null"
+        "would give p=0.5 at best; hold out more images for the gate "
+        "(preprocess.gate_fraction) or set register.significance: null"
     )
     # 20 of 100 missed: a candidate right on them would pass, so a refusal is about this one.
     champ = np.arange(100) >= 20

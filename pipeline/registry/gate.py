@@ -141,5 +141,5 @@ def _out_of_reach(
     return (
         f"; no candidate can pass on this split: right on all {best.b} images the champion "
         f"got wrong would give p={best.p_value:.2g} at best; hold out more images for the "
-        "gate (data.gate_fraction) or set register.significance: null"
+        "gate (preprocess.gate_fraction) or set register.significance: null"
     )
