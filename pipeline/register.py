@@ -67,7 +67,6 @@ class Candidate:
     x_gate: object  # the gate split (its images stream from disk)
     predicted: np.ndarray  # per gate image: the candidate's class
     gate_weights: np.ndarray | None  # per gate image: 1 / count(class) for skewed classes
-    gate_accuracy: float  # balanced accuracy when gate_weights is not None
     test_accuracy: float
     model_sha: str
     data_sha: str
@@ -77,6 +76,11 @@ class Candidate:
     def correct(self) -> np.ndarray:
         """Per gate image: whether the candidate is right."""
         return self.predicted == self.x_gate.y
+
+    @property
+    def gate_accuracy(self) -> float:
+        """On the gate split; balanced accuracy when ``gate_weights`` is not None."""
+        return score(self.correct, self.gate_weights)
 
 
 def main(argv=None) -> int:
@@ -158,8 +162,6 @@ def check_candidate() -> Candidate:
         raise DataError(
             f"{paths.MODEL}: {probs.shape[1]} outputs for {len(class_names)} classes; rerun train"
         )
-    predicted = probs.argmax(axis=1)
-    correct = predicted == x_gate.y
     weights = None
     balance = info.get("class_balance") or {}
     if balance.get("class_weights"):  # train chose by balanced accuracy: so does the gate
@@ -170,9 +172,8 @@ def check_candidate() -> Candidate:
         info=info,
         class_names=class_names,
         x_gate=x_gate,
-        predicted=predicted,
+        predicted=probs.argmax(axis=1),
         gate_weights=weights,
-        gate_accuracy=score(correct, weights),
         test_accuracy=float(metrics["accuracy"]),
         model_sha=sha256_of(paths.MODEL),
         data_sha=tracking.data_tags(meta_file)["data.sha256"],
